@@ -1,0 +1,56 @@
+"""The unified model v1 as pydantic models.
+
+``schemas/*.json`` (JSON Schema 2020-12) is the canonical contract; these models agree with it
+(``tests/test_schemas.py`` checks both ways). Resource models describe what the API returns;
+``*Create`` / ``*Update`` models describe request bodies.
+"""
+
+from gateway.model.catalog import (
+    Category,
+    CategoryCreate,
+    Product,
+    ProductCreate,
+    ProductTax,
+    ProductUpdate,
+    Variant,
+    VariantCreate,
+)
+from gateway.model.common import Address, ListPage, Record
+from gateway.model.connections import Connection, ConnectionCreate, ConnectionUpdate, Connector
+from gateway.model.customers import Customer, CustomerCreate, CustomerUpdate
+from gateway.model.events import Event, EventPage
+from gateway.model.inventory import Adjustment, AdjustmentCreate, CountSet, InventoryLevel
+from gateway.model.locations import Location, LocationCreate
+from gateway.model.orders import (
+    LineTax,
+    Order,
+    OrderCreate,
+    OrderLine,
+    OrderLineCreate,
+    Payment,
+    PaymentCreate,
+    Refund,
+    RefundCreate,
+    RefundLine,
+    RefundLineCreate,
+    VoidCreate,
+)
+from gateway.model.problem import Problem
+
+ENTITY_MODELS = {
+    "products": Product,
+    "categories": Category,
+    "locations": Location,
+    "customers": Customer,
+    "orders": Order,
+    "inventory": InventoryLevel,
+}
+
+__all__ = [
+    "Address", "Adjustment", "AdjustmentCreate", "Category", "CategoryCreate", "Connection",
+    "ConnectionCreate", "ConnectionUpdate", "Connector", "CountSet", "Customer", "CustomerCreate",
+    "CustomerUpdate", "ENTITY_MODELS", "Event", "EventPage", "InventoryLevel", "LineTax", "ListPage",
+    "Location", "LocationCreate", "Order", "OrderCreate", "OrderLine", "OrderLineCreate", "Payment",
+    "PaymentCreate", "Problem", "Product", "ProductCreate", "ProductTax", "ProductUpdate", "Record",
+    "Refund", "RefundCreate", "RefundLine", "RefundLineCreate", "Variant", "VariantCreate", "VoidCreate",
+]

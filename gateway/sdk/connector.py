@@ -1,0 +1,120 @@
+"""The connector base class.
+
+A :class:`Connector` is created per connection and request with a :class:`ConnectionContext`
+(the connection's id, tenant, settings and decrypted credentials) and the database. Read
+operations serve from the records cache and need no connector code; writes are carried out at
+the vendor by the connector, which then caches the result. Every write method not overridden
+answers 422 ``operation_not_supported``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, ClassVar
+
+from gateway.errors import OperationNotSupported
+from gateway.storage.db import Database
+from gateway.storage.uow import UnitOfWork
+
+
+def load_manifest(package: str) -> dict[str, Any]:
+    """Read ``manifest.json`` from a connector package (e.g. ``"connectors.local"``)."""
+    return json.loads(resources.files(package).joinpath("manifest.json").read_text(encoding="utf-8"))
+
+
+@dataclass
+class ConnectionContext:
+    """The connection a connector instance works for. ``credentials`` are decrypted, never logged."""
+
+    id: str
+    tenant_id: str
+    connector: str
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    credentials: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+class Connector:
+    """Base class of connector plugins.
+
+    Class attributes:
+        manifest: the parsed ``manifest.json``.
+
+    Write methods take the validated request model (``gateway.model.*Create``) and return the
+    unified record (dict) as cached.
+    """
+
+    manifest: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, context: ConnectionContext, db: Database) -> None:
+        self.context = context
+        self.db = db
+
+    @classmethod
+    def name(cls) -> str:
+        """The connector's name, from its manifest."""
+        return cls.manifest["name"]
+
+    @classmethod
+    def default_settings(cls) -> dict[str, Any]:
+        """Defaults from the settings JSON Schema's ``default`` members."""
+        props = cls.manifest.get("settings_schema", {}).get("properties", {})
+        return {key: spec["default"] for key, spec in props.items() if "default" in spec}
+
+    # -- life cycle ----------------------------------------------------------------------------
+    async def check(self) -> None:
+        """Verify the credentials with the vendor.
+
+        Raises:
+            gateway.errors.VendorCredentialsRejected: the vendor refused them.
+            gateway.errors.VendorError: the vendor could not be asked.
+        """
+
+    async def setup(self, uow: UnitOfWork) -> None:
+        """Called in the transaction that creates the connection (e.g. to create defaults)."""
+
+    async def health(self) -> dict[str, Any]:
+        """A live check of the vendor: ``{"status": "ok"|"unhealthy", "latency_ms": ..., ...}``."""
+        return {"status": "ok"}
+
+    # -- writes ---------------------------------------------------------------------------------
+    def _unsupported(self, what: str) -> OperationNotSupported:
+        return OperationNotSupported(f"the {self.name()} connector does not support {what}")
+
+    async def create_product(self, body: Any) -> dict[str, Any]:
+        raise self._unsupported("creating products")
+
+    async def update_product(self, product_id: str, body: Any) -> dict[str, Any]:
+        raise self._unsupported("updating products")
+
+    async def delete_product(self, product_id: str) -> dict[str, Any]:
+        raise self._unsupported("deleting products")
+
+    async def create_category(self, body: Any) -> dict[str, Any]:
+        raise self._unsupported("creating categories")
+
+    async def create_location(self, body: Any) -> dict[str, Any]:
+        raise self._unsupported("creating locations")
+
+    async def create_customer(self, body: Any) -> dict[str, Any]:
+        raise self._unsupported("creating customers")
+
+    async def update_customer(self, customer_id: str, body: Any) -> dict[str, Any]:
+        raise self._unsupported("updating customers")
+
+    async def create_order(self, body: Any) -> dict[str, Any]:
+        raise self._unsupported("creating orders")
+
+    async def refund_order(self, order_id: str, body: Any) -> dict[str, Any]:
+        raise self._unsupported("refunds")
+
+    async def void_order(self, order_id: str, body: Any) -> dict[str, Any]:
+        raise self._unsupported("voids")
+
+    async def create_adjustment(self, body: Any) -> dict[str, Any]:
+        raise self._unsupported("inventory adjustments")
+
+    async def set_inventory_count(self, product_id: str, location_id: str, body: Any) -> dict[str, Any]:
+        raise self._unsupported("setting inventory counts")

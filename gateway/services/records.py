@@ -1,0 +1,385 @@
+"""The records cache: unified objects of every connection, with their change events.
+
+Writes go through :func:`upsert` and :func:`soft_delete` inside a :class:`UnitOfWork`, so the
+row and its event commit together (outbox). An upsert whose entity fields hash the same as the
+stored version writes nothing and emits nothing; an upsert carrying an older vendor
+``remote_updated_at`` than the stored one is ignored, so a late poll cannot overwrite a newer
+webhook-delivered version.
+
+Reads return the stored JSON text (``bytes``), ready to send. Lists are keyset-paginated by
+(``updated_at``, ``id``); the cursor is opaque base64url JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway import jsonutil
+from gateway.errors import BadRequest, NotFound
+from gateway.ids import new_id
+from gateway.storage import tables as t
+from gateway.storage.uow import UnitOfWork
+
+ENTITIES = ("products", "categories", "locations", "customers", "orders", "inventory")
+ID_KINDS = {
+    "products": "product",
+    "categories": "category",
+    "locations": "location",
+    "customers": "customer",
+    "orders": "order",
+    "inventory": "inventory",
+}
+EVENT_NOUN = {
+    "products": "product",
+    "categories": "category",
+    "locations": "location",
+    "customers": "customer",
+    "orders": "order",
+    "inventory": "inventory",
+}
+COMMON_FIELDS = ("id", "connection_id", "remote_id", "created_at", "updated_at", "deleted_at")
+
+#: Filters a list accepts per entity: query parameter -> field of the unified object.
+FILTERS: dict[str, tuple[str, ...]] = {
+    "products": ("sku", "barcode", "active"),
+    "categories": ("parent_id",),
+    "locations": ("kind",),
+    "customers": ("email", "phone"),
+    "orders": ("status", "customer_id", "location_id", "number"),
+    "inventory": ("product_id", "variant_id", "location_id"),
+}
+
+
+@dataclass
+class UpsertResult:
+    """What :func:`upsert` did: ``action`` is ``created``, ``updated``, ``unchanged`` or ``stale``."""
+
+    action: str
+    record: dict[str, Any]
+    changed: list[str]
+
+    @property
+    def id(self) -> str:
+        return self.record["id"]
+
+
+def content_hash(body: dict[str, Any]) -> str:
+    """SHA-256 hex of the canonical JSON of an object's entity fields."""
+    return hashlib.sha256(jsonutil.dumps_sorted(body)).hexdigest()
+
+
+def render(common: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The unified object: common fields first, then the entity's fields."""
+    out = {key: common.get(key) for key in COMMON_FIELDS}
+    out.update(body)
+    return out
+
+
+def _body_of(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if key not in COMMON_FIELDS and key != "raw"}
+
+
+def _event_type(entity: str, action: str, override: str | None) -> str:
+    if override:
+        return override
+    if entity == "inventory":
+        return "inventory.updated"
+    return f"{EVENT_NOUN[entity]}.{action}"
+
+
+async def upsert(
+    uow: UnitOfWork,
+    *,
+    connection_id: str,
+    entity: str,
+    remote_id: str,
+    body: dict[str, Any],
+    raw: Any = None,
+    remote_updated_at: datetime | None = None,
+    created_at: datetime | None = None,
+    record_id: str | None = None,
+    event_type: str | None = None,
+    lock: bool = False,
+) -> UpsertResult:
+    """Insert or update one record and emit its event in the same transaction.
+
+    Args:
+        body: the unified object's entity fields (JSON-ready: decimals as ``Decimal`` or str).
+        raw: the vendor's payload, served with ``?expand=raw``.
+        remote_updated_at: the vendor's modification time; an older one than stored is ignored.
+        created_at: creation time at the vendor (defaults to now for new records).
+        record_id: the id to give a new record (default: a new prefixed id).
+        event_type: override the event type (``order.refunded``); default ``<noun>.created|updated``.
+        lock: lock the existing row (``FOR UPDATE`` on PostgreSQL) before comparing.
+
+    Returns:
+        An :class:`UpsertResult`; ``record`` is the stored unified object.
+    """
+    body = jsonutil.loads(jsonutil.dumps(body))  # normalise to JSON types (Decimal kept exact)
+    digest = content_hash(body)
+    query = select(t.records).where(
+        t.records.c.connection_id == connection_id,
+        t.records.c.entity == entity,
+        t.records.c.remote_id == remote_id,
+    )
+    if lock and uow.dialect == "postgresql":
+        query = query.with_for_update()
+    existing = (await uow.conn.execute(query)).mappings().first()
+    now = jsonutil.utcnow()
+    raw_text = None if raw is None else jsonutil.dumps(raw).decode()
+    sku = body.get("sku") if entity == "products" else None
+    if existing is None:
+        common = {
+            "id": record_id or new_id(ID_KINDS[entity]),
+            "connection_id": connection_id,
+            "remote_id": remote_id,
+            "created_at": jsonutil.rfc3339(created_at or now),
+            "updated_at": jsonutil.rfc3339(now),
+            "deleted_at": None,
+        }
+        record = render(common, body)
+        await uow.conn.execute(
+            insert(t.records).values(
+                id=common["id"],
+                tenant_id=uow.tenant_id,
+                connection_id=connection_id,
+                entity=entity,
+                remote_id=remote_id,
+                sku=sku,
+                data=jsonutil.dumps(record).decode(),
+                raw=raw_text,
+                content_hash=digest,
+                remote_updated_at=remote_updated_at,
+                created_at=created_at or now,
+                updated_at=now,
+            )
+        )
+        changed = sorted(body)
+        uow.emit(_event_type(entity, "created", event_type), connection_id, record, changed)
+        return UpsertResult("created", record, changed)
+
+    if (
+        remote_updated_at is not None
+        and existing["remote_updated_at"] is not None
+        and remote_updated_at < existing["remote_updated_at"]
+    ):
+        return UpsertResult("stale", jsonutil.loads(existing["data"]), [])
+    previous = jsonutil.loads(existing["data"])
+    if existing["content_hash"] == digest and existing["deleted_at"] is None:
+        if raw_text is not None and raw_text != existing["raw"]:
+            await uow.conn.execute(update(t.records).where(t.records.c.id == existing["id"]).values(raw=raw_text))
+        return UpsertResult("unchanged", previous, [])
+    old_body = _body_of(previous)
+    changed = sorted(key for key in set(body) | set(old_body) if body.get(key) != old_body.get(key))
+    if existing["deleted_at"] is not None:
+        changed.append("deleted_at")
+    common = {**previous, "updated_at": jsonutil.rfc3339(now), "deleted_at": None}
+    record = render(common, body)
+    await uow.conn.execute(
+        update(t.records)
+        .where(t.records.c.id == existing["id"])
+        .values(
+            data=jsonutil.dumps(record).decode(),
+            raw=raw_text if raw_text is not None else existing["raw"],
+            sku=sku,
+            content_hash=digest,
+            remote_updated_at=remote_updated_at or existing["remote_updated_at"],
+            updated_at=now,
+            deleted_at=None,
+        )
+    )
+    action = "created" if existing["deleted_at"] is not None else "updated"
+    uow.emit(_event_type(entity, action, event_type), connection_id, record, changed)
+    return UpsertResult("updated", record, changed)
+
+
+async def soft_delete(uow: UnitOfWork, *, connection_id: str, entity: str, record_id: str) -> dict[str, Any] | None:
+    """Mark a record deleted and emit ``<noun>.deleted``; return the record, or ``None`` if absent.
+
+    Deleting an already deleted record changes nothing and emits nothing.
+    """
+    row = (
+        await uow.conn.execute(
+            select(t.records.c.id, t.records.c.data, t.records.c.deleted_at).where(
+                t.records.c.connection_id == connection_id, t.records.c.entity == entity, t.records.c.id == record_id
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    record = jsonutil.loads(row.data)
+    if row.deleted_at is not None:
+        return record
+    now = jsonutil.utcnow()
+    record["updated_at"] = record["deleted_at"] = jsonutil.rfc3339(now)
+    await uow.conn.execute(
+        update(t.records)
+        .where(t.records.c.id == record_id)
+        .values(data=jsonutil.dumps(record).decode(), updated_at=now, deleted_at=now)
+    )
+    uow.emit(f"{EVENT_NOUN[entity]}.deleted", connection_id, record, ["deleted_at"])
+    return record
+
+
+async def load(
+    conn: AsyncConnection, *, connection_id: str, entity: str, record_id: str, include_deleted: bool = True
+) -> dict[str, Any] | None:
+    """Return one record as a dict (``None`` when absent)."""
+    query = select(t.records.c.data).where(
+        t.records.c.connection_id == connection_id, t.records.c.entity == entity, t.records.c.id == record_id
+    )
+    if not include_deleted:
+        query = query.where(t.records.c.deleted_at.is_(None))
+    row = (await conn.execute(query)).first()
+    return None if row is None else jsonutil.loads(row.data)
+
+
+async def load_by_remote_id(conn: AsyncConnection, *, connection_id: str, entity: str, remote_id: str) -> dict[str, Any] | None:
+    """Return one record by the vendor's id (``None`` when absent)."""
+    row = (
+        await conn.execute(
+            select(t.records.c.data).where(
+                t.records.c.connection_id == connection_id,
+                t.records.c.entity == entity,
+                t.records.c.remote_id == remote_id,
+            )
+        )
+    ).first()
+    return None if row is None else jsonutil.loads(row.data)
+
+
+async def find_product_by_sku(conn: AsyncConnection, *, connection_id: str, sku: str) -> dict[str, Any] | None:
+    """Return the live product with this SKU (``None`` when none)."""
+    row = (
+        await conn.execute(
+            select(t.records.c.data)
+            .where(
+                t.records.c.connection_id == connection_id,
+                t.records.c.entity == "products",
+                t.records.c.sku == sku,
+                t.records.c.deleted_at.is_(None),
+            )
+            .limit(1)
+        )
+    ).first()
+    return None if row is None else jsonutil.loads(row.data)
+
+
+async def get_json(
+    conn: AsyncConnection, *, connection_id: str, entity: str, record_id: str, expand_raw: bool = False
+) -> bytes:
+    """Return one record's JSON bytes, as stored (soft-deleted records included).
+
+    Raises:
+        NotFound: no such record on this connection.
+    """
+    cols = [t.records.c.data] + ([t.records.c.raw] if expand_raw else [])
+    row = (
+        await conn.execute(
+            select(*cols).where(
+                t.records.c.id == record_id, t.records.c.connection_id == connection_id, t.records.c.entity == entity
+            )
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"no {EVENT_NOUN[entity]} {record_id!r} on this connection")
+    if expand_raw:
+        return _with_raw(row.data, row.raw)
+    return row.data.encode()
+
+
+def _with_raw(data: str, raw: str | None) -> bytes:
+    return data[:-1].encode() + b',"raw":' + (raw.encode() if raw is not None else b"null") + b"}"
+
+
+def encode_cursor(updated_at: datetime, record_id: str) -> str:
+    """Opaque cursor for the keyset position (updated_at, id)."""
+    payload = jsonutil.dumps([updated_at.isoformat(), record_id])
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Inverse of :func:`encode_cursor`.
+
+    Raises:
+        BadRequest: ``invalid_cursor`` when the cursor was not made by this API.
+    """
+    try:
+        payload = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, record_id = jsonutil.loads(payload)
+        if not isinstance(stamp, str) or not isinstance(record_id, str):
+            raise ValueError("cursor parts")
+        return datetime.fromisoformat(stamp), record_id
+    except (ValueError, TypeError, binascii.Error, jsonutil.MalformedJSON) as exc:
+        raise BadRequest("the cursor is not one this API returned", code="invalid_cursor") from exc
+
+
+def _json_field(dialect: str, field: str):  # type: ignore[no-untyped-def]
+    if dialect == "postgresql":
+        from sqlalchemy import cast
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        return cast(t.records.c.data, JSONB)[field].astext
+    return func.json_extract(t.records.c.data, f"$.{field}")
+
+
+async def list_json(
+    conn: AsyncConnection,
+    *,
+    connection_id: str,
+    entity: str,
+    limit: int,
+    cursor: str | None = None,
+    updated_after: datetime | None = None,
+    include_deleted: bool = False,
+    filters: dict[str, str] | None = None,
+    expand_raw: bool = False,
+) -> tuple[list[bytes], str | None]:
+    """One page of records as JSON bytes, keyset-ordered by (updated_at, id).
+
+    Args:
+        limit: page size (the API bounds it to 1..200).
+        cursor: from a previous page's ``next_cursor``.
+        updated_after: only records changed strictly after this time (naive UTC).
+        filters: field equality filters; keys from :data:`FILTERS` for the entity.
+
+    Returns:
+        (items, next_cursor); ``next_cursor`` is ``None`` on the last page.
+
+    Raises:
+        BadRequest: ``invalid_cursor``.
+    """
+    cols = [t.records.c.id, t.records.c.updated_at, t.records.c.data] + ([t.records.c.raw] if expand_raw else [])
+    query = select(*cols).where(t.records.c.connection_id == connection_id, t.records.c.entity == entity)
+    if not include_deleted:
+        query = query.where(t.records.c.deleted_at.is_(None))
+    if updated_after is not None:
+        query = query.where(t.records.c.updated_at > updated_after)
+    if cursor:
+        after_time, after_id = decode_cursor(cursor)
+        query = query.where(
+            or_(t.records.c.updated_at > after_time, and_(t.records.c.updated_at == after_time, t.records.c.id > after_id))
+        )
+    dialect = conn.dialect.name
+    for field, value in (filters or {}).items():
+        if field == "sku" and entity == "products":
+            query = query.where(t.records.c.sku == value)
+        elif field == "active":
+            query = query.where(_json_field(dialect, field) == (value if dialect == "postgresql" else int(value == "true")))
+        else:
+            query = query.where(_json_field(dialect, field) == value)
+    query = query.order_by(t.records.c.updated_at, t.records.c.id).limit(limit + 1)
+    rows = (await conn.execute(query)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [_with_raw(row.data, row.raw) if expand_raw else row.data.encode() for row in rows]
+    next_cursor = encode_cursor(rows[-1].updated_at, rows[-1].id) if more else None
+    return items, next_cursor

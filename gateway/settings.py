@@ -1,0 +1,94 @@
+"""Runtime settings, read from ``TILLGATE_*`` environment variables (or passed explicitly).
+
+Every setting has a default that lets ``tillgate serve`` run with no other server: a SQLite
+file in the working directory, no Redis, and a secret key file created on first use.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing import Annotated
+
+
+class Settings(BaseSettings):
+    """Gateway configuration.
+
+    Attributes:
+        database_url: SQLAlchemy URL; ``sqlite:///path`` or ``postgresql://user@host/db``. Async
+            drivers (aiosqlite, psycopg) are chosen automatically.
+        redis_url: ``redis://...`` for the arq job doorbell; ``None`` runs the in-process worker.
+        secret_keys: comma-separated 32-byte url-safe base64 keys for credential encryption; the
+            first encrypts, all decrypt (rotation). When empty, ``secret_key_file`` is used.
+        secret_key_file: where a generated key is kept when ``secret_keys`` is empty.
+        api_rate_limit: per-API-key limit on ``/v1`` in the ``limits`` notation (``"1200/minute"``).
+        api_key_cache_seconds: how long a verified API key is trusted without a database read; a
+            revocation reaches other processes within this time.
+        idempotency_ttl_hours: how long ``Idempotency-Key`` responses are kept (at least 24).
+        log_level: Python logging level name.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TILLGATE_", extra="ignore")
+
+    database_url: str = "sqlite:///./tillgate.db"
+    redis_url: str | None = None
+    secret_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    secret_key_file: Path = Path("./tillgate.key")
+    api_rate_limit: str = "6000/minute"
+    api_key_cache_seconds: float = 5.0
+    idempotency_ttl_hours: int = 24
+    log_level: str = "INFO"
+
+    @field_validator("secret_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("idempotency_ttl_hours")
+    @classmethod
+    def _at_least_a_day(cls, value: int) -> int:
+        if value < 24:
+            raise ValueError("idempotency keys are kept at least 24 hours")
+        return value
+
+    def resolved_secret_keys(self) -> list[bytes]:
+        """Return the raw 32-byte encryption keys, primary first.
+
+        Falls back to ``secret_key_file``, creating it (mode 0600) with a fresh random key when
+        neither the setting nor the file exists.
+
+        Raises:
+            ValueError: a configured key is not 32 bytes of url-safe base64.
+        """
+        encoded = list(self.secret_keys)
+        if not encoded:
+            path = self.secret_key_file
+            if not path.exists():
+                key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(key + "\n")
+            encoded = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        keys = []
+        for item in encoded:
+            try:
+                raw = base64.urlsafe_b64decode(item + "=" * (-len(item) % 4))
+            except ValueError as exc:
+                raise ValueError("TILLGATE_SECRET_KEYS entries must be url-safe base64") from exc
+            if len(raw) != 32:
+                raise ValueError("TILLGATE_SECRET_KEYS entries must decode to 32 bytes")
+            keys.append(raw)
+        return keys
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings read from the environment (cached)."""
+    return Settings()

@@ -1,0 +1,209 @@
+"""Database tables (SQLModel), the system of record for the whole gateway.
+
+Conventions: timestamps are naive UTC; money and quantities that must be summed or compared in
+SQL are integers in stated units (``*_milli`` = thousandths of a unit); unified objects are
+stored as their rendered JSON text in ``records.data`` so reads serve bytes without re-encoding.
+Every row carries ``tenant_id``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Tenant(SQLModel, table=True):
+    """A customer of the gateway (a SaaS vendor, a store): owns keys, connections, events."""
+
+    __tablename__ = "tenants"
+
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(max_length=200)
+    created_at: datetime
+
+
+class EventCounter(SQLModel, table=True):
+    """Per-tenant ``seq`` counter; its row is locked by the transaction that assigns a seq, so commit
+    order equals seq order."""
+
+    __tablename__ = "event_counters"
+
+    tenant_id: str = Field(primary_key=True, foreign_key="tenants.id", max_length=40)
+    last_seq: int = Field(default=0, sa_type=BigInteger)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key ``tgk_<key_id>_<secret>``: stored as SHA-256 of the whole key, found by ``key_id``."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=40)
+    key_id: str = Field(unique=True, max_length=32)
+    key_hash: str = Field(max_length=64)
+    name: str = Field(default="default", max_length=200)
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class ConnectionRow(SQLModel, table=True):
+    """A merchant's account at a POS. ``credentials`` is ciphertext bound to (tenant, connection)."""
+
+    __tablename__ = "connections"
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=40)
+    connector: str = Field(max_length=64)
+    name: str = Field(max_length=500)
+    settings: str = Field(sa_column=Column(Text, nullable=False))
+    credentials: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="active", max_length=20)
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None
+
+
+class RecordRow(SQLModel, table=True):
+    """The records cache: one row per unified object (product, order, ...) of a connection.
+
+    ``data`` is the rendered unified JSON; ``content_hash`` is SHA-256 of its entity fields so an
+    unchanged re-sync writes nothing; ``remote_updated_at`` (vendor clock) keeps an older poll
+    from overwriting a newer webhook-delivered version.
+    """
+
+    __tablename__ = "records"
+    __table_args__ = (
+        UniqueConstraint("connection_id", "entity", "remote_id", name="uq_records_remote"),
+        Index("ix_records_feed", "connection_id", "entity", "updated_at", "id"),
+        Index("ix_records_sku", "connection_id", "entity", "sku"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40)
+    connection_id: str = Field(foreign_key="connections.id", max_length=40)
+    entity: str = Field(max_length=20)
+    remote_id: str = Field(max_length=200)
+    sku: str | None = Field(default=None, max_length=64)
+    data: str = Field(sa_column=Column(Text, nullable=False))
+    raw: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    content_hash: str = Field(max_length=64)
+    remote_updated_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None
+
+
+class EventRow(SQLModel, table=True):
+    """The change log (outbox): written in the same transaction as the change it describes."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "seq", name="uq_events_seq"),
+        Index("ix_events_type", "tenant_id", "type", "seq"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40)
+    seq: int = Field(sa_type=BigInteger)
+    type: str = Field(max_length=60)
+    connection_id: str | None = Field(default=None, max_length=40)
+    occurred_at: datetime
+    data: str = Field(sa_column=Column(Text, nullable=False))
+    changed: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class IdempotencyKeyRow(SQLModel, table=True):
+    """A stored ``Idempotency-Key``: claimed while in flight, then holds the response to replay."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: str = Field(primary_key=True, max_length=40)
+    key: str = Field(primary_key=True, max_length=255)
+    request_hash: str = Field(max_length=64)
+    state: str = Field(max_length=12)  # in_flight | done
+    status_code: int | None = None
+    response_body: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime
+    expires_at: datetime = Field(index=True)
+
+
+class StockLevelRow(SQLModel, table=True):
+    """On hand per (product, variant, location), in thousandths of a unit, for atomic updates.
+
+    ``variant_id`` is ``""`` for a product without variants. ``record_id`` is the matching
+    ``inventory`` record in the cache.
+    """
+
+    __tablename__ = "stock_levels"
+    __table_args__ = (
+        UniqueConstraint("connection_id", "product_id", "variant_id", "location_id", name="uq_stock_level"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40)
+    connection_id: str = Field(foreign_key="connections.id", max_length=40)
+    product_id: str = Field(max_length=40)
+    variant_id: str = Field(default="", max_length=40)
+    location_id: str = Field(max_length=40)
+    on_hand_milli: int = Field(default=0, sa_type=BigInteger)
+    low_stock_threshold_milli: int | None = Field(default=None, sa_type=BigInteger)
+    updated_at: datetime
+
+
+class StockMovementRow(SQLModel, table=True):
+    """The stock ledger: every change of on hand is a movement with a reason and a reference."""
+
+    __tablename__ = "stock_movements"
+    __table_args__ = (Index("ix_movements_level", "connection_id", "product_id", "location_id", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40)
+    connection_id: str = Field(foreign_key="connections.id", max_length=40)
+    product_id: str = Field(max_length=40)
+    variant_id: str = Field(default="", max_length=40)
+    location_id: str = Field(max_length=40)
+    delta_milli: int = Field(sa_type=BigInteger)
+    on_hand_after_milli: int = Field(sa_type=BigInteger)
+    reason: str = Field(max_length=20)
+    reference: str | None = Field(default=None, max_length=200)
+    order_id: str | None = Field(default=None, max_length=40)
+    adjustment_id: str | None = Field(default=None, max_length=40)
+    created_at: datetime
+
+
+class AdjustmentRow(SQLModel, table=True):
+    """A consumer's stock delta, accepted durably and pushed to the POS (status pending/applied/failed)."""
+
+    __tablename__ = "adjustments"
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40, index=True)
+    connection_id: str = Field(foreign_key="connections.id", max_length=40)
+    product_id: str = Field(max_length=40)
+    variant_id: str | None = Field(default=None, max_length=40)
+    location_id: str = Field(max_length=40)
+    delta_milli: int = Field(sa_type=BigInteger)
+    reason: str = Field(max_length=20)
+    reference: str | None = Field(default=None, max_length=200)
+    status: str = Field(default="pending", max_length=10)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    applied_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+metadata = SQLModel.metadata
+
+records = RecordRow.__table__
+events = EventRow.__table__
+connections = ConnectionRow.__table__
+tenants = Tenant.__table__
+event_counters = EventCounter.__table__
+api_keys = ApiKey.__table__
+idempotency_keys = IdempotencyKeyRow.__table__
+stock_levels = StockLevelRow.__table__
+stock_movements = StockMovementRow.__table__
+adjustments = AdjustmentRow.__table__

@@ -1,0 +1,96 @@
+"""The unit of work: one write transaction plus the events it emits (the outbox).
+
+Events are collected while the transaction runs and written at its end: one
+``UPDATE event_counters ... RETURNING last_seq`` reserves a block of ``seq`` numbers and holds
+the tenant's counter row locked until commit, so on PostgreSQL transactions of a tenant commit
+in ``seq`` order and a reader of ``/v1/events`` never sees a later seq before an earlier one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway import jsonutil
+from gateway.ids import new_id
+from gateway.storage import tables as t
+
+
+@dataclass
+class PendingEvent:
+    """An event to be written when the transaction ends."""
+
+    type: str
+    connection_id: str | None
+    data: dict[str, Any]
+    changed: list[str]
+    id: str = field(default_factory=lambda: new_id("event"))
+    seq: int | None = None
+
+
+class UnitOfWork:
+    """A write transaction: ``conn`` for statements, :meth:`emit` for events.
+
+    Attributes:
+        conn: the transaction's connection.
+        tenant_id: the tenant whose events may be emitted.
+        events: events emitted so far; their ``seq`` is set once written.
+        after_commit: callbacks run after a successful commit (cache invalidation, doorbells).
+    """
+
+    def __init__(self, conn: AsyncConnection, tenant_id: str | None, *, dialect: str) -> None:
+        self.conn = conn
+        self.tenant_id = tenant_id
+        self.dialect = dialect
+        self.events: list[PendingEvent] = []
+        self.after_commit: list[Callable[[], None]] = []
+        self.committed = False
+
+    def emit(self, type: str, connection_id: str | None, data: dict[str, Any], changed: list[str]) -> PendingEvent:
+        """Queue an event; it commits with the transaction or not at all.
+
+        Raises:
+            RuntimeError: the unit of work has no tenant.
+        """
+        if self.tenant_id is None:
+            raise RuntimeError("this transaction has no tenant to emit events for")
+        pending = PendingEvent(type=type, connection_id=connection_id, data=data, changed=changed)
+        self.events.append(pending)
+        return pending
+
+    async def flush_events(self) -> None:
+        """Assign ``seq`` numbers and insert queued events (called by the database before commit)."""
+        if not self.events:
+            return
+        count = len(self.events)
+        result = await self.conn.execute(
+            update(t.event_counters)
+            .where(t.event_counters.c.tenant_id == self.tenant_id)
+            .values(last_seq=t.event_counters.c.last_seq + count)
+            .returning(t.event_counters.c.last_seq)
+        )
+        row = result.first()
+        if row is None:
+            raise RuntimeError(f"tenant {self.tenant_id} has no event counter")
+        first = row[0] - count + 1
+        now = jsonutil.utcnow()
+        rows = []
+        for offset, pending in enumerate(self.events):
+            pending.seq = first + offset
+            rows.append(
+                {
+                    "id": pending.id,
+                    "tenant_id": self.tenant_id,
+                    "seq": pending.seq,
+                    "type": pending.type,
+                    "connection_id": pending.connection_id,
+                    "occurred_at": now,
+                    "data": jsonutil.dumps(pending.data).decode(),
+                    "changed": jsonutil.dumps(pending.changed).decode(),
+                }
+            )
+        await self.conn.execute(insert(t.events), rows)
