@@ -18,6 +18,14 @@ class MalformedJSON(ValueError):
     """The bytes are not a JSON document (or not UTF-8)."""
 
 
+class JsonNumber(Decimal):
+    """A JSON number with a fraction or exponent, parsed exactly.
+
+    A subclass so validators can tell a number the client sent (``2.5``) from a decimal string
+    (``"2.5"``): money fields accept only the latter.
+    """
+
+
 def loads(data: bytes | str) -> Any:
     """Parse JSON, turning non-integer numbers into ``Decimal``.
 
@@ -27,7 +35,7 @@ def loads(data: bytes | str) -> Any:
     try:
         if isinstance(data, bytes):
             data = data.decode("utf-8")
-        return json.loads(data, parse_float=Decimal, parse_constant=_reject_constant)
+        return json.loads(data, parse_float=JsonNumber, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MalformedJSON(str(exc)) from exc
 
@@ -57,12 +65,12 @@ def dumps_sorted(value: Any) -> bytes:
 
 
 def utcnow() -> datetime:
-    """Current time as a naive UTC datetime (how the database stores every timestamp)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    """Current time as an aware UTC datetime (every timestamp column stores aware UTC)."""
+    return datetime.now(timezone.utc)
 
 
 def rfc3339(value: datetime | None) -> str | None:
-    """Format a naive-UTC or aware datetime as RFC 3339 UTC with a ``Z`` suffix."""
+    """Format an aware (or naive, taken as UTC) datetime as RFC 3339 UTC with a ``Z`` suffix."""
     if value is None:
         return None
     if value.tzinfo is not None:

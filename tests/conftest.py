@@ -82,3 +82,36 @@ async def tenant(db: Database) -> tuple[str, str]:
 
     tenant_id, key = await create_tenant(db, f"test-{uuid.uuid4().hex[:8]}")
     return tenant_id, key.secret
+
+
+@pytest.fixture
+async def services(db: Database):
+    """The app's services container on each backend."""
+    from gateway.api.deps import Services
+    from gateway.settings import Settings
+
+    settings = Settings(database_url=db.url, secret_keys=[__import__("base64").urlsafe_b64encode(os.urandom(32)).decode()],
+                        api_rate_limit="100000/minute")
+    return Services.build(settings, db=db)
+
+
+@pytest.fixture
+async def client(services, tenant):
+    """An ``httpx.AsyncClient`` on the app (through ``ASGITransport``) authenticated as ``tenant``."""
+    import httpx
+
+    from gateway.api.app import create_app
+
+    app = create_app(services.settings, services=services)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://tillgate.test",
+                                 headers={"Authorization": f"Bearer {tenant[1]}"}) as http:
+        yield http
+
+
+@pytest.fixture
+async def local_connection(client) -> dict:
+    """A new local connection of the client's tenant."""
+    response = await client.post("/v1/connections", json={"connector": "local", "name": "Shop"})
+    assert response.status_code == 201, response.text
+    return response.json()

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
+from gateway.jsonutil import JsonNumber
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer, StringConstraints, WithJsonSchema
 
 DECIMAL_PATTERN = r"^-?[0-9]{1,15}(\.[0-9]{1,6})?$"
@@ -25,14 +26,14 @@ _DECIMAL_RE = re.compile(DECIMAL_PATTERN)
 
 def _decimal_places(max_places: int):
     def check(value: Any) -> Decimal:
-        if isinstance(value, Decimal):
+        if isinstance(value, Decimal) and not isinstance(value, JsonNumber):
             number = value
         elif isinstance(value, str) and _DECIMAL_RE.fullmatch(value):
             try:
                 number = Decimal(value)
             except InvalidOperation as exc:  # pragma: no cover - the pattern excludes it
                 raise ValueError("not a decimal string") from exc
-        elif isinstance(value, bool) or isinstance(value, (int, float)):
+        elif isinstance(value, (bool, int, float, JsonNumber)):
             raise ValueError('must be a decimal string such as "2.55", not a JSON number')
         else:
             raise ValueError('must be a decimal string such as "2.55"')
@@ -57,7 +58,7 @@ def _decimal_type(max_places: int, description: str, *, minimum: Decimal | None 
     validators: list[Any] = [BeforeValidator(_decimal_places(max_places))]
     if minimum is not None:
         def at_least(value: Decimal, _min: Decimal = minimum) -> Decimal:
-            if value < _min:
+            if value < _min or (_min >= 0 and value.is_signed()):  # "-0" is refused like the pattern does
                 raise ValueError(f"must be at least {_min}")
             return value
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.jsonutil import rfc3339
 from gateway.storage import tables as t
 
 
@@ -18,7 +19,7 @@ def _render(row) -> bytes:  # type: ignore[no-untyped-def]
         b'{"id":"' + row.id.encode() + b'","seq":' + str(row.seq).encode()
         + b',"type":"' + row.type.encode() + b'","connection_id":'
         + (b'"' + row.connection_id.encode() + b'"' if row.connection_id else b"null")
-        + b',"occurred_at":"' + row.occurred_at.isoformat().encode() + b'Z","data":' + row.data.encode()
+        + b',"occurred_at":"' + rfc3339(row.occurred_at).encode() + b'","data":' + row.data.encode()
         + b',"changed":' + row.changed.encode() + b"}"
     )
 

@@ -16,7 +16,7 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
@@ -273,24 +273,33 @@ async def find_product_by_sku(conn: AsyncConnection, *, connection_id: str, sku:
     return None if row is None else jsonutil.loads(row.data)
 
 
+def _tenant_scope(query, tenant_id: str):  # type: ignore[no-untyped-def]
+    """Restrict a records query to the tenant's live (not deleted) connections."""
+    return query.join(
+        t.connections,
+        and_(
+            t.connections.c.id == t.records.c.connection_id,
+            t.connections.c.tenant_id == tenant_id,
+            t.connections.c.deleted_at.is_(None),
+        ),
+    )
+
+
 async def get_json(
-    conn: AsyncConnection, *, connection_id: str, entity: str, record_id: str, expand_raw: bool = False
+    conn: AsyncConnection, *, tenant_id: str, connection_id: str, entity: str, record_id: str, expand_raw: bool = False
 ) -> bytes:
     """Return one record's JSON bytes, as stored (soft-deleted records included).
 
     Raises:
-        NotFound: no such record on this connection.
+        NotFound: no such record on this tenant's connection (another tenant's id included).
     """
     cols = [t.records.c.data] + ([t.records.c.raw] if expand_raw else [])
-    row = (
-        await conn.execute(
-            select(*cols).where(
-                t.records.c.id == record_id, t.records.c.connection_id == connection_id, t.records.c.entity == entity
-            )
-        )
-    ).first()
+    query = select(*cols).select_from(t.records).where(
+        t.records.c.id == record_id, t.records.c.connection_id == connection_id, t.records.c.entity == entity
+    )
+    row = (await conn.execute(_tenant_scope(query, tenant_id))).first()
     if row is None:
-        raise NotFound(f"no {EVENT_NOUN[entity]} {record_id!r} on this connection")
+        raise NotFound(f"no {EVENT_NOUN[entity]} {record_id!r} on connection {connection_id!r}")
     if expand_raw:
         return _with_raw(row.data, row.raw)
     return row.data.encode()
@@ -317,7 +326,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         stamp, record_id = jsonutil.loads(payload)
         if not isinstance(stamp, str) or not isinstance(record_id, str):
             raise ValueError("cursor parts")
-        return datetime.fromisoformat(stamp), record_id
+        moment = datetime.fromisoformat(stamp)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment, record_id
     except (ValueError, TypeError, binascii.Error, jsonutil.MalformedJSON) as exc:
         raise BadRequest("the cursor is not one this API returned", code="invalid_cursor") from exc
 
@@ -334,6 +346,7 @@ def _json_field(dialect: str, field: str):  # type: ignore[no-untyped-def]
 async def list_json(
     conn: AsyncConnection,
     *,
+    tenant_id: str,
     connection_id: str,
     entity: str,
     limit: int,
@@ -348,17 +361,21 @@ async def list_json(
     Args:
         limit: page size (the API bounds it to 1..200).
         cursor: from a previous page's ``next_cursor``.
-        updated_after: only records changed strictly after this time (naive UTC).
+        updated_after: only records changed strictly after this time (aware UTC).
         filters: field equality filters; keys from :data:`FILTERS` for the entity.
 
     Returns:
-        (items, next_cursor); ``next_cursor`` is ``None`` on the last page.
+        (items, next_cursor); ``next_cursor`` is ``None`` on the last page. An unknown or
+        foreign connection gives an empty page (the caller tells the two apart).
 
     Raises:
         BadRequest: ``invalid_cursor``.
     """
     cols = [t.records.c.id, t.records.c.updated_at, t.records.c.data] + ([t.records.c.raw] if expand_raw else [])
-    query = select(*cols).where(t.records.c.connection_id == connection_id, t.records.c.entity == entity)
+    query = _tenant_scope(
+        select(*cols).select_from(t.records).where(t.records.c.connection_id == connection_id, t.records.c.entity == entity),
+        tenant_id,
+    )
     if not include_deleted:
         query = query.where(t.records.c.deleted_at.is_(None))
     if updated_after is not None:

@@ -1,6 +1,6 @@
 """Database tables (SQLModel), the system of record for the whole gateway.
 
-Conventions: timestamps are naive UTC; money and quantities that must be summed or compared in
+Conventions: timestamps are aware UTC (SQLModel's ``UTCDateTime``: ``timestamptz`` on PostgreSQL); money and quantities that must be summed or compared in
 SQL are integers in stated units (``*_milli`` = thousandths of a unit); unified objects are
 stored as their rendered JSON text in ``records.data`` so reads serve bytes without re-encoding.
 Every row carries ``tenant_id``.

@@ -1,0 +1,1 @@
+"""The HTTP API: thin Starlette routes over :mod:`gateway.services`."""

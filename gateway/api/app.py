@@ -1,0 +1,86 @@
+"""The ASGI application.
+
+``create_app()`` wires routes, error handlers and middleware over one :class:`Services`
+container. Every error leaves as ``application/problem+json``; an unexpected exception is
+logged and answered 500 ``internal_error`` without details.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import jsonutil
+from gateway.api import connections, events, records, system
+from gateway.api.deps import Services
+from gateway.api.middleware import RequestContextMiddleware
+from gateway.errors import PROBLEM_CONTENT_TYPE, MethodNotAllowed, NotFound, TillgateError
+from gateway.settings import Settings, get_settings
+
+log = logging.getLogger("tillgate.api")
+
+
+def problem_response(error: TillgateError, request: Request) -> Response:
+    """Render ``error`` as a problem+json response."""
+    request_id = request.scope.get("state", {}).get("request_id")
+    return Response(
+        jsonutil.dumps(error.problem(request_id)),
+        status_code=error.status,
+        media_type=PROBLEM_CONTENT_TYPE,
+        headers=error.headers,
+    )
+
+
+async def _tillgate_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TillgateError)
+    return problem_response(exc, request)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        error: TillgateError = NotFound(f"no route {request.method} {request.url.path}", code="route_not_found")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}",
+                                 headers=dict(exc.headers or {}))
+    else:
+        error = TillgateError(str(exc.detail), code="http_error")
+        error.status = exc.status_code
+    return problem_response(error, request)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(TillgateError("an unexpected error occurred; it has been logged"), request)
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Starlette:
+    """Build the gateway's ASGI app.
+
+    Args:
+        settings: defaults to the ``TILLGATE_*`` environment.
+        services: a prepared container (tests, embedding); built from ``settings`` otherwise.
+    """
+    settings = settings or get_settings()
+    svc = services or Services.build(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await svc.db.dispose()
+
+    app = Starlette(
+        routes=[*system.routes, *connections.routes, *records.routes, *events.routes],
+        middleware=[Middleware(RequestContextMiddleware)],
+        exception_handlers={TillgateError: _tillgate_error, HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )
+    app.state.services = svc
+    return app

@@ -1,0 +1,144 @@
+"""What routes share: the services container, authentication and the idempotent write runner."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from limits import parse as parse_limit
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import FixedWindowRateLimiter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import jsonutil
+from gateway.api.http import JSONBytes
+from gateway.crypto import CredentialCipher
+from gateway.errors import PROBLEM_CONTENT_TYPE, BadRequest, RateLimited, TillgateError, Unauthorized
+from gateway.sdk.registry import ConnectorRegistry
+from gateway.services.connections import ConnectionService
+from gateway.services.idempotency import IdempotencyClaim, check_key, request_fingerprint
+from gateway.services.tenants import KeyVerifier
+from gateway.settings import Settings
+from gateway.storage.db import PRECOMMIT, Database
+
+
+@dataclass
+class Services:
+    """Everything a request may need, built once per app (``app.state.services``)."""
+
+    settings: Settings
+    db: Database
+    registry: ConnectorRegistry
+    cipher: CredentialCipher
+    connections: ConnectionService
+    keys: KeyVerifier
+    limiter: FixedWindowRateLimiter
+    rate_limit: Any
+
+    @classmethod
+    def build(cls, settings: Settings, *, db: Database | None = None, registry: ConnectorRegistry | None = None) -> "Services":
+        """Create the services for ``settings`` (database engine, connector registry, cipher)."""
+        db = db or Database(settings.database_url)
+        registry = registry or ConnectorRegistry()
+        cipher = CredentialCipher(settings.resolved_secret_keys())
+        return cls(
+            settings=settings,
+            db=db,
+            registry=registry,
+            cipher=cipher,
+            connections=ConnectionService(db, registry, cipher),
+            keys=KeyVerifier(db, ttl=settings.api_key_cache_seconds),
+            limiter=FixedWindowRateLimiter(MemoryStorage()),
+            rate_limit=parse_limit(settings.api_rate_limit),
+        )
+
+
+def services(request: Request) -> Services:
+    """The app's :class:`Services`."""
+    return request.app.state.services
+
+
+async def authenticate(request: Request) -> str:
+    """Return the tenant id of the request's API key and count it against the key's rate limit.
+
+    Raises:
+        Unauthorized: missing, malformed, unknown or revoked key.
+        RateLimited: the key is over ``TILLGATE_API_RATE_LIMIT`` (``Retry-After`` set).
+    """
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized("send the API key as 'Authorization: Bearer tgk_...'", code="missing_api_key")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <api key>'", code="invalid_api_key")
+    svc = services(request)
+    key = key.strip()
+    tenant_id = await svc.keys.tenant_for(key)
+    if tenant_id is None:
+        raise Unauthorized("the API key is not valid or was revoked", code="invalid_api_key")
+    key_id = key.split("_", 2)[1]
+    if not await svc.limiter.hit(svc.rate_limit, "v1", key_id):
+        stats = await svc.limiter.get_window_stats(svc.rate_limit, "v1", key_id)
+        retry = max(1, int(stats.reset_time - time.time()) + 1)
+        raise RateLimited(
+            f"this API key is over its limit of {svc.settings.api_rate_limit}",
+            headers={"Retry-After": str(retry)},
+            retry_after=retry,
+        )
+    request.state.tenant_id = tenant_id
+    return tenant_id
+
+
+async def run_write(
+    request: Request,
+    tenant_id: str,
+    raw_body: bytes,
+    handler: Callable[[], Awaitable[Any]],
+    *,
+    status_code: int = 201,
+    require_key: bool = False,
+) -> Response:
+    """Run a write with ``Idempotency-Key`` semantics and answer with its JSON result.
+
+    ``handler`` performs the write (its transactions mark the key committed before they
+    commit) and returns the object to send.
+
+    Raises:
+        BadRequest: ``idempotency_key_required`` when ``require_key`` and no header.
+        IdempotencyKeyReused, IdempotencyInFlight, Conflict: see :mod:`gateway.services.idempotency`.
+    """
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        if require_key:
+            raise BadRequest("this request needs an Idempotency-Key header", code="idempotency_key_required")
+        return JSONBytes(jsonutil.dumps(await handler()), status_code=status_code)
+    svc = services(request)
+    claim = IdempotencyClaim(svc.db, tenant_id, check_key(key), svc.settings.idempotency_ttl_hours)
+    stored = await claim.claim(request_fingerprint(request.method, request.url.path, raw_body))
+    if stored is not None:
+        media = PROBLEM_CONTENT_TYPE if stored.status_code >= 400 else "application/json"
+        return Response(stored.body, status_code=stored.status_code, media_type=media,
+                        headers={"Idempotent-Replayed": "true"})
+    token = PRECOMMIT.set(claim.mark_committed)
+    try:
+        result = await handler()
+    except TillgateError as exc:
+        PRECOMMIT.reset(token)
+        if claim.committed:
+            body = jsonutil.dumps(exc.problem(getattr(request.state, "request_id", None)))
+            await claim.complete(exc.status, body)
+        else:
+            await claim.release()
+        raise
+    except BaseException:
+        PRECOMMIT.reset(token)
+        if not claim.committed:
+            await claim.release()
+        raise
+    PRECOMMIT.reset(token)
+    body = jsonutil.dumps(result)
+    await claim.complete(status_code, body)
+    return JSONBytes(body, status_code=status_code)

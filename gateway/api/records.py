@@ -1,0 +1,185 @@
+"""Routes: the six entities of a connection, read from the cache and written through the connector.
+
+Reads (``GET .../{entity}`` and ``GET .../{entity}/{record_id}``) never call the vendor. Writes
+call the connector, which carries the change out at the POS and caches the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import jsonutil
+from gateway.api.deps import authenticate, run_write, services
+from gateway.api.http import JSONBytes, parse_model, query_bool, query_int, query_text, query_time, read_body
+from gateway.errors import BadRequest, NotFound
+from gateway.model import (
+    AdjustmentCreate,
+    CategoryCreate,
+    CountSet,
+    CustomerCreate,
+    CustomerUpdate,
+    LocationCreate,
+    OrderCreate,
+    ProductCreate,
+    ProductUpdate,
+    RefundCreate,
+    VoidCreate,
+)
+from gateway.services import records
+from gateway.services.adjustments import get_adjustment
+from gateway.storage import tables as t
+
+
+async def _live_connection(request: Request, tenant_id: str, connection_id: str) -> None:
+    async with services(request).db.read() as conn:
+        row = (
+            await conn.execute(
+                select(t.connections.c.id).where(
+                    t.connections.c.id == connection_id,
+                    t.connections.c.tenant_id == tenant_id,
+                    t.connections.c.deleted_at.is_(None),
+                )
+            )
+        ).first()
+    if row is None:
+        raise NotFound(f"no connection {connection_id!r}")
+
+
+def _entity(request: Request) -> str:
+    entity = request.path_params["entity"]
+    if entity not in records.ENTITIES:
+        raise NotFound(f"unknown entity {entity!r}; one of {', '.join(records.ENTITIES)}", code="unknown_entity")
+    return entity
+
+
+def _expand_raw(request: Request) -> bool:
+    expand = request.query_params.get("expand")
+    if expand in (None, ""):
+        return False
+    if expand != "raw":
+        raise BadRequest("expand accepts only 'raw'", code="invalid_parameter",
+                         errors=[{"loc": ["query", "expand"], "msg": "must be 'raw'", "type": "enum"}])
+    return True
+
+
+async def list_records(request: Request) -> Response:
+    """``GET /v1/connections/{id}/{entity}``: keyset pages ordered by (updated_at, id)."""
+    tenant_id = await authenticate(request)
+    connection_id = request.path_params["connection_id"]
+    entity = _entity(request)
+    limit = query_int(request, "limit", 50, 1, 200)
+    cursor = query_text(request, "cursor", 500)
+    filters: dict[str, str] = {}
+    for name in records.FILTERS[entity]:
+        value = query_text(request, name)
+        if value is not None:
+            if name == "active" and value not in ("true", "false"):
+                raise BadRequest("active must be true or false", code="invalid_parameter",
+                                 errors=[{"loc": ["query", "active"], "msg": "must be true or false", "type": "bool"}])
+            filters[name] = value
+    async with services(request).db.read() as conn:
+        items, next_cursor = await records.list_json(
+            conn,
+            tenant_id=tenant_id,
+            connection_id=connection_id,
+            entity=entity,
+            limit=limit,
+            cursor=cursor,
+            updated_after=query_time(request, "updated_after"),
+            include_deleted=query_bool(request, "include_deleted"),
+            filters=filters,
+            expand_raw=_expand_raw(request),
+        )
+    if not items:
+        await _live_connection(request, tenant_id, connection_id)
+    tail = b'],"next_cursor":' + (b'"' + next_cursor.encode() + b'"' if next_cursor else b"null") + b"}"
+    return JSONBytes(b'{"data":[' + b",".join(items) + tail)
+
+
+async def get_record(request: Request) -> Response:
+    """``GET /v1/connections/{id}/{entity}/{record_id}`` (soft-deleted records included, with ``deleted_at``)."""
+    tenant_id = await authenticate(request)
+    connection_id = request.path_params["connection_id"]
+    entity = _entity(request)
+    async with services(request).db.read() as conn:
+        body = await records.get_json(
+            conn,
+            tenant_id=tenant_id,
+            connection_id=connection_id,
+            entity=entity,
+            record_id=request.path_params["record_id"],
+            expand_raw=_expand_raw(request),
+        )
+    return JSONBytes(body)
+
+
+def _write(model: type[BaseModel] | None, method: str, *, status_code: int = 201, optional_body: bool = False,
+           require_key: bool = False, path_args: tuple[str, ...] = ()):
+    """Build a route handler that parses ``model`` and calls ``connector.<method>(*path_args, body)``."""
+
+    async def handler(request: Request) -> Response:
+        tenant_id = await authenticate(request)
+        raw = await read_body(request)
+        body = (
+            parse_model(raw, model, request.headers.get("content-type"), optional=optional_body)
+            if model is not None
+            else None
+        )
+        connector = await services(request).connections.connector_for(tenant_id, request.path_params["connection_id"])
+        args: list[Any] = [request.path_params[name] for name in path_args]
+        if body is not None:
+            args.append(body)
+        return await run_write(
+            request, tenant_id, raw, lambda: getattr(connector, method)(*args),
+            status_code=status_code, require_key=require_key,
+        )
+
+    handler.__name__ = method
+    handler.__doc__ = f"Calls the connector's ``{method}``."
+    return handler
+
+
+async def read_adjustment(request: Request) -> Response:
+    """``GET /v1/connections/{id}/inventory/adjustments/{adjustment_id}``."""
+    tenant_id = await authenticate(request)
+    async with services(request).db.read() as conn:
+        adjustment = await get_adjustment(
+            conn, tenant_id=tenant_id, connection_id=request.path_params["connection_id"],
+            adjustment_id=request.path_params["adjustment_id"],
+        )
+    return JSONBytes(jsonutil.dumps(adjustment))
+
+
+BASE = "/v1/connections/{connection_id}"
+
+routes = [
+    Route(f"{BASE}/products", _write(ProductCreate, "create_product"), methods=["POST"]),
+    Route(f"{BASE}/products/{{product_id}}", _write(ProductUpdate, "update_product", status_code=200,
+                                                      path_args=("product_id",)), methods=["PATCH"]),
+    Route(f"{BASE}/products/{{product_id}}", _write(None, "delete_product", status_code=200,
+                                                      path_args=("product_id",)), methods=["DELETE"]),
+    Route(f"{BASE}/categories", _write(CategoryCreate, "create_category"), methods=["POST"]),
+    Route(f"{BASE}/locations", _write(LocationCreate, "create_location"), methods=["POST"]),
+    Route(f"{BASE}/customers", _write(CustomerCreate, "create_customer"), methods=["POST"]),
+    Route(f"{BASE}/customers/{{customer_id}}", _write(CustomerUpdate, "update_customer", status_code=200,
+                                                        path_args=("customer_id",)), methods=["PATCH"]),
+    Route(f"{BASE}/orders", _write(OrderCreate, "create_order"), methods=["POST"]),
+    Route(f"{BASE}/orders/{{order_id}}/refund", _write(RefundCreate, "refund_order", status_code=200,
+                                                         optional_body=True, path_args=("order_id",)), methods=["POST"]),
+    Route(f"{BASE}/orders/{{order_id}}/void", _write(VoidCreate, "void_order", status_code=200, optional_body=True,
+                                                       path_args=("order_id",)), methods=["POST"]),
+    Route(f"{BASE}/inventory/adjustments", _write(AdjustmentCreate, "create_adjustment", status_code=202,
+                                                  require_key=True), methods=["POST"]),
+    Route(f"{BASE}/inventory/adjustments/{{adjustment_id}}", read_adjustment, methods=["GET"]),
+    Route(f"{BASE}/inventory/{{product_id}}/{{location_id}}", _write(CountSet, "set_inventory_count", status_code=200,
+                                                                    path_args=("product_id", "location_id")),
+          methods=["PUT"]),
+    Route(f"{BASE}/{{entity}}", list_records, methods=["GET"]),
+    Route(f"{BASE}/{{entity}}/{{record_id}}", get_record, methods=["GET"]),
+]
