@@ -183,3 +183,13 @@ async def test_system_routes(client):
     assert "swagger-ui-bundle.js" in docs.text
     asset = await client.get("/docs/assets/swagger-ui-bundle.js")
     assert asset.status_code == 200 and len(asset.content) > 100_000
+
+
+async def test_read_cache_never_serves_a_stale_page(client, services, local_connection):
+    """SQLite reads are cached until any commit; a write must show up on the very next read."""
+    url = f"/v1/connections/{local_connection['id']}/locations"
+    before = (await client.get(url)).json()["data"]
+    assert (await client.get(url)).json()["data"] == before
+    await client.post(url, json={"name": "Fresh"})
+    after = (await client.get(url)).json()["data"]
+    assert [loc["name"] for loc in after] == [loc["name"] for loc in before] + ["Fresh"]

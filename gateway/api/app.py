@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         await svc.db.dispose()
 
     app = Starlette(
-        routes=[*system.routes, *connections.routes, *records.routes, *events.routes],
+        routes=[*records.hot_routes, *system.routes, *connections.routes, *records.routes, *events.routes],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers={TillgateError: _tillgate_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,

@@ -83,9 +83,8 @@ async def list_records(request: Request) -> Response:
                 raise BadRequest("active must be true or false", code="invalid_parameter",
                                  errors=[{"loc": ["query", "active"], "msg": "must be true or false", "type": "bool"}])
             filters[name] = value
-    async with services(request).db.read() as conn:
-        items, next_cursor = await records.list_json(
-            conn,
+    items, next_cursor = await records.list_json(
+            services(request).db.reader,
             tenant_id=tenant_id,
             connection_id=connection_id,
             entity=entity,
@@ -107,9 +106,8 @@ async def get_record(request: Request) -> Response:
     tenant_id = await authenticate(request)
     connection_id = request.path_params["connection_id"]
     entity = _entity(request)
-    async with services(request).db.read() as conn:
-        body = await records.get_json(
-            conn,
+    body = await records.get_json(
+            services(request).db.reader,
             tenant_id=tenant_id,
             connection_id=connection_id,
             entity=entity,
@@ -158,6 +156,13 @@ async def read_adjustment(request: Request) -> Response:
 
 BASE = "/v1/connections/{connection_id}"
 
+#: The two hot read routes come first (routing is a linear scan); the write routes of the same
+#: shape differ by method, so the order does not change what matches.
+hot_routes = [
+    Route(f"{BASE}/{{entity}}/{{record_id}}", get_record, methods=["GET"]),
+    Route(f"{BASE}/{{entity}}", list_records, methods=["GET"]),
+]
+
 routes = [
     Route(f"{BASE}/products", _write(ProductCreate, "create_product"), methods=["POST"]),
     Route(f"{BASE}/products/{{product_id}}", _write(ProductUpdate, "update_product", status_code=200,
@@ -180,6 +185,4 @@ routes = [
     Route(f"{BASE}/inventory/{{product_id}}/{{location_id}}", _write(CountSet, "set_inventory_count", status_code=200,
                                                                     path_args=("product_id", "location_id")),
           methods=["PUT"]),
-    Route(f"{BASE}/{{entity}}", list_records, methods=["GET"]),
-    Route(f"{BASE}/{{entity}}/{{record_id}}", get_record, methods=["GET"]),
 ]

@@ -25,7 +25,7 @@ class Customer(Record):
     credit_limit: Money | None
     balance: Money
     loyalty_points: int
-    currency: str
+    currency: Currency
 
 
 class CustomerCreate(BaseModel):

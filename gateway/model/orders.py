@@ -99,7 +99,7 @@ class Order(Record):
     payment_status: PaymentStatus
     customer_id: str | None
     location_id: str | None
-    currency: str
+    currency: Currency
     lines: list[OrderLine]
     subtotal: Money
     discount_total: Money

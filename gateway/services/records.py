@@ -26,6 +26,7 @@ from gateway import jsonutil
 from gateway.errors import BadRequest, NotFound
 from gateway.ids import new_id
 from gateway.storage import tables as t
+from gateway.storage.reader import FastReader
 from gateway.storage.uow import UnitOfWork
 
 ENTITIES = ("products", "categories", "locations", "customers", "orders", "inventory")
@@ -273,36 +274,30 @@ async def find_product_by_sku(conn: AsyncConnection, *, connection_id: str, sku:
     return None if row is None else jsonutil.loads(row.data)
 
 
-def _tenant_scope(query, tenant_id: str):  # type: ignore[no-untyped-def]
-    """Restrict a records query to the tenant's live (not deleted) connections."""
-    return query.join(
-        t.connections,
-        and_(
-            t.connections.c.id == t.records.c.connection_id,
-            t.connections.c.tenant_id == tenant_id,
-            t.connections.c.deleted_at.is_(None),
-        ),
-    )
+_SCOPE = (
+    " FROM records r JOIN connections c ON c.id = r.connection_id"
+    " WHERE r.connection_id = :connection_id AND r.entity = :entity"
+    " AND c.tenant_id = :tenant_id AND c.deleted_at IS NULL"
+)
 
 
 async def get_json(
-    conn: AsyncConnection, *, tenant_id: str, connection_id: str, entity: str, record_id: str, expand_raw: bool = False
+    reader: FastReader, *, tenant_id: str, connection_id: str, entity: str, record_id: str, expand_raw: bool = False
 ) -> bytes:
     """Return one record's JSON bytes, as stored (soft-deleted records included).
 
     Raises:
-        NotFound: no such record on this tenant's connection (another tenant's id included).
+        NotFound: no such record on this tenant's live connection (another tenant's id included).
     """
-    cols = [t.records.c.data] + ([t.records.c.raw] if expand_raw else [])
-    query = select(*cols).select_from(t.records).where(
-        t.records.c.id == record_id, t.records.c.connection_id == connection_id, t.records.c.entity == entity
+    sql = "SELECT r.data, " + ("r.raw" if expand_raw else "NULL") + _SCOPE + " AND r.id = :record_id"
+    row = await reader.one(
+        sql, {"connection_id": connection_id, "entity": entity, "tenant_id": tenant_id, "record_id": record_id}
     )
-    row = (await conn.execute(_tenant_scope(query, tenant_id))).first()
     if row is None:
         raise NotFound(f"no {EVENT_NOUN[entity]} {record_id!r} on connection {connection_id!r}")
     if expand_raw:
-        return _with_raw(row.data, row.raw)
-    return row.data.encode()
+        return _with_raw(row[0], row[1])
+    return row[0].encode()
 
 
 def _with_raw(data: str, raw: str | None) -> bytes:
@@ -334,17 +329,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadRequest("the cursor is not one this API returned", code="invalid_cursor") from exc
 
 
-def _json_field(dialect: str, field: str):  # type: ignore[no-untyped-def]
-    if dialect == "postgresql":
-        from sqlalchemy import cast
-        from sqlalchemy.dialects.postgresql import JSONB
-
-        return cast(t.records.c.data, JSONB)[field].astext
-    return func.json_extract(t.records.c.data, f"$.{field}")
-
-
 async def list_json(
-    conn: AsyncConnection,
+    reader: FastReader,
     *,
     tenant_id: str,
     connection_id: str,
@@ -371,32 +357,34 @@ async def list_json(
     Raises:
         BadRequest: ``invalid_cursor``.
     """
-    cols = [t.records.c.id, t.records.c.updated_at, t.records.c.data] + ([t.records.c.raw] if expand_raw else [])
-    query = _tenant_scope(
-        select(*cols).select_from(t.records).where(t.records.c.connection_id == connection_id, t.records.c.entity == entity),
-        tenant_id,
-    )
+    sql = ["SELECT r.id, r.updated_at, r.data, ", "r.raw" if expand_raw else "NULL", _SCOPE]
+    params: dict[str, Any] = {"connection_id": connection_id, "entity": entity, "tenant_id": tenant_id,
+                              "limit": limit + 1}
     if not include_deleted:
-        query = query.where(t.records.c.deleted_at.is_(None))
+        sql.append(" AND r.deleted_at IS NULL")
     if updated_after is not None:
-        query = query.where(t.records.c.updated_at > updated_after)
+        sql.append(" AND r.updated_at > :updated_after")
+        params["updated_after"] = reader.ts(updated_after)
     if cursor:
         after_time, after_id = decode_cursor(cursor)
-        query = query.where(
-            or_(t.records.c.updated_at > after_time, and_(t.records.c.updated_at == after_time, t.records.c.id > after_id))
-        )
-    dialect = conn.dialect.name
-    for field, value in (filters or {}).items():
+        sql.append(" AND (r.updated_at > :cursor_time OR (r.updated_at = :cursor_time AND r.id > :cursor_id))")
+        params["cursor_time"] = reader.ts(after_time)
+        params["cursor_id"] = after_id
+    for n, (field, value) in enumerate(sorted((filters or {}).items())):
+        if field not in FILTERS[entity]:
+            raise BadRequest(f"{entity} cannot be filtered by {field}", code="invalid_parameter")
+        name = f"filter_{n}"
         if field == "sku" and entity == "products":
-            query = query.where(t.records.c.sku == value)
-        elif field == "active":
-            query = query.where(_json_field(dialect, field) == (value if dialect == "postgresql" else int(value == "true")))
+            sql.append(f" AND r.sku = :{name}")
         else:
-            query = query.where(_json_field(dialect, field) == value)
-    query = query.order_by(t.records.c.updated_at, t.records.c.id).limit(limit + 1)
-    rows = (await conn.execute(query)).all()
+            sql.append(f" AND {reader.json_field('r.data', field)} = :{name}")
+        if field == "active":
+            value = (value == "true") if reader.dialect == "sqlite" else value  # json_extract gives 1/0
+        params[name] = value
+    sql.append(" ORDER BY r.updated_at, r.id LIMIT :limit")
+    rows = await reader.all("".join(sql), params)
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [_with_raw(row.data, row.raw) if expand_raw else row.data.encode() for row in rows]
-    next_cursor = encode_cursor(rows[-1].updated_at, rows[-1].id) if more else None
+    items = [_with_raw(row[2], row[3]) if expand_raw else row[2].encode() for row in rows]
+    next_cursor = encode_cursor(reader.parse_ts(rows[-1][1]), rows[-1][0]) if more else None
     return items, next_cursor

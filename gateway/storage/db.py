@@ -19,6 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway.storage.reader import FastReader
 from gateway.storage.uow import UnitOfWork
 
 #: Set by the idempotency layer: run inside every write transaction of the request, before commit.
@@ -50,7 +51,8 @@ def async_url(url: str) -> str:
 class Database:
     """The gateway's database.
 
-    Use :meth:`read` for queries and :meth:`transaction` for changes; a transaction's events are
+    Use :attr:`reader` for hot cache reads, :meth:`read` for other queries and :meth:`transaction`
+    for changes; a transaction's events are
     assigned their ``seq`` and written just before commit (see :class:`UnitOfWork`).
     """
 
@@ -66,6 +68,7 @@ class Database:
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             self._configure_sqlite()
+        self.reader = FastReader(self.engine)
 
     def _configure_sqlite(self) -> None:
         sync_engine = self.engine.sync_engine
@@ -122,4 +125,5 @@ class Database:
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
+        self.reader.close()
         await self.engine.dispose()
