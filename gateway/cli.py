@@ -37,7 +37,7 @@ app.add_typer(connections_app, name="connections")
 app.add_typer(import_app, name="import")
 app.add_typer(secrets_app, name="secrets")
 
-console = Console()
+console = Console(soft_wrap=True)
 DEMO_TENANT = "demo"
 DEMO_CONNECTION = "Demo shop"
 
@@ -290,7 +290,7 @@ def demo(database_url: str | None = DatabaseOption) -> None:
             connection_id = row[0]
         console.print(f"demo tenant {tenant_id}; local connection {connection_id} ({DEMO_CONNECTION})")
         console.print(f"try: curl -H 'Authorization: Bearer <key>' "
-                      f"http://127.0.0.1:8000/v1/connections/{connection_id}/products")
+                      f"http://127.0.0.1:8000/v1/connections/{connection_id}/products  (make run serves on port 8000)")
         console.print("API key for the demo tenant (shown once):")
         print(key.secret)
 
