@@ -1,16 +1,18 @@
 """Opaque, prefixed identifiers (``prod_``, ``ord_``, ...).
 
-Ids are 26 characters of Crockford base32 after the prefix: a 48-bit millisecond timestamp
-followed by 80 random bits (the ULID layout), so they sort roughly by creation time and never
-collide across processes.
+Ids are 26 characters of Crockford base32 (lower case) after the prefix: a 48-bit millisecond
+timestamp followed by 80 random bits, so they sort by creation time to the millisecond and do
+not collide across processes.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+# RFC 4648 base32 digits mapped onto Crockford's alphabet (lower case), which keeps byte order.
+_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz")
 
 PREFIXES = {
     "tenant": "ten",
@@ -41,12 +43,8 @@ def new_id(kind: str) -> str:
         KeyError: ``kind`` is not a known object kind.
     """
     prefix = PREFIXES[kind]
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
+    raw = (int(time.time() * 1000) & 0xFFFFFFFFFFFF).to_bytes(6, "big") + os.urandom(10)
+    return f"{prefix}_{base64.b32encode(raw)[:26].translate(_CROCKFORD).decode()}"
 
 
 def has_prefix(value: str, kind: str) -> bool:

@@ -16,6 +16,16 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+
+def _observe(method: str, route: str, status: str, seconds: float) -> None:
+    key = (method, route, status)
+    pair = _children.get(key)
+    if pair is None:  # label children are cached: .labels() takes a lock and builds a tuple each time
+        pair = _children[key] = (REQUESTS.labels(method, route, status), LATENCY.labels(method, route))
+    pair[0].inc()
+    pair[1].observe(seconds)
 
 
 class RequestContextMiddleware:
@@ -54,5 +64,4 @@ class RequestContextMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             if template.startswith("/docs/assets"):
                 template = "/docs/assets"
-            REQUESTS.labels(scope["method"], template, str(status)).inc()
-            LATENCY.labels(scope["method"], template).observe(time.perf_counter() - started)
+            _observe(scope["method"], template, str(status), time.perf_counter() - started)

@@ -26,7 +26,7 @@ from gateway import jsonutil
 from gateway.errors import BadRequest, NotFound
 from gateway.ids import new_id
 from gateway.storage import tables as t
-from gateway.storage.reader import FastReader
+from gateway.storage.reader import FastReader, as_bytes, as_text
 from gateway.storage.uow import UnitOfWork
 
 ENTITIES = ("products", "categories", "locations", "customers", "orders", "inventory")
@@ -297,11 +297,11 @@ async def get_json(
         raise NotFound(f"no {EVENT_NOUN[entity]} {record_id!r} on connection {connection_id!r}")
     if expand_raw:
         return _with_raw(row[0], row[1])
-    return row[0].encode()
+    return as_bytes(row[0])
 
 
-def _with_raw(data: str, raw: str | None) -> bytes:
-    return data[:-1].encode() + b',"raw":' + (raw.encode() if raw is not None else b"null") + b"}"
+def _with_raw(data: str | bytes, raw: str | bytes | None) -> bytes:
+    return as_bytes(data)[:-1] + b',"raw":' + (as_bytes(raw) if raw is not None else b"null") + b"}"
 
 
 def encode_cursor(updated_at: datetime, record_id: str) -> str:
@@ -385,6 +385,6 @@ async def list_json(
     rows = await reader.all("".join(sql), params)
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [_with_raw(row[2], row[3]) if expand_raw else row[2].encode() for row in rows]
-    next_cursor = encode_cursor(reader.parse_ts(rows[-1][1]), rows[-1][0]) if more else None
+    items = [_with_raw(row[2], row[3]) for row in rows] if expand_raw else [as_bytes(row[2]) for row in rows]
+    next_cursor = encode_cursor(reader.parse_ts(rows[-1][1]), as_text(rows[-1][0])) if more else None
     return items, next_cursor

@@ -28,6 +28,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 SQLITE_TS = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy's SQLite DateTime stores values
 
 
+def as_bytes(value: str | bytes) -> bytes:
+    """A text column value as UTF-8 bytes."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def as_text(value: str | bytes) -> str:
+    """A text column value as ``str``."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class FastReader:
     """Runs read-only SQL against the gateway database.
 
@@ -49,6 +59,7 @@ class FastReader:
     def _connection(self) -> sqlite3.Connection:
         if self._sqlite is None:
             conn = sqlite3.connect(self._sqlite_path or ":memory:", isolation_level=None, check_same_thread=False)
+            conn.text_factory = bytes  # JSON columns go out as they are stored: no decode and re-encode
             conn.execute("PRAGMA query_only=ON")
             conn.execute("PRAGMA busy_timeout=5000")
             self._sqlite = conn
@@ -64,6 +75,8 @@ class FastReader:
 
     def parse_ts(self, value: Any) -> datetime:
         """A timestamp column value as an aware UTC datetime."""
+        if isinstance(value, bytes):
+            value = value.decode()
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
         if value.tzinfo is None:
@@ -71,7 +84,8 @@ class FastReader:
         return value.astimezone(timezone.utc)
 
     async def all(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """All rows of a query, as tuples."""
+        """All rows of a query, as tuples. Text comes back as ``bytes`` on SQLite, ``str`` on
+        PostgreSQL: use :func:`as_bytes` / :func:`as_text`."""
         if self.dialect == "sqlite":
             conn = self._connection()
             if not self.cache_size:
