@@ -302,8 +302,12 @@ def secrets_rotate(database_url: str | None = DatabaseOption) -> None:
     """Re-encrypt every connection's credentials with the first key of TILLGATE_SECRET_KEYS."""
 
     async def work(svc: Services) -> None:
-        changed = await svc.connections.rotate_credentials()
+        changed, failed = await svc.connections.rotate_credentials()
         console.print(f"re-encrypted {changed} connection(s) with key {svc.cipher.primary_id}")
+        if failed:
+            console.print(f"[red]{len(failed)} connection(s) could not be decrypted with any configured key:[/red] "
+                          + ", ".join(failed))
+            raise typer.Exit(code=1)
 
     _run(_with_services(_settings(database_url), work))
 

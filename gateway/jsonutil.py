@@ -7,7 +7,7 @@ Decoding never produces a ``float``: JSON numbers with a fraction or exponent be
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -66,7 +66,7 @@ def dumps_sorted(value: Any) -> bytes:
 
 def utcnow() -> datetime:
     """Current time as an aware UTC datetime (every timestamp column stores aware UTC)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -74,6 +74,6 @@ def rfc3339(value: datetime | None) -> str | None:
     if value is None:
         return None
     if value.tzinfo is not None:
-        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        value = value.astimezone(UTC).replace(tzinfo=None)
     text = value.isoformat()
     return text + "Z"

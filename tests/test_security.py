@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -30,7 +31,7 @@ def new_key() -> bytes:
 class VaultConnector(Connector):
     """A connector with a secret credential, to see where credentials travel."""
 
-    manifest = {
+    manifest: ClassVar[dict] = {
         "name": "vault",
         "version": "0.0.1",
         "title": "Vault test connector",
@@ -91,7 +92,8 @@ async def test_credentials_are_encrypted_at_rest_never_returned_and_rotate(db, t
                                .values(credentials=rows[one["id"]].credentials))
     # Rotation: the new key first, the old one still listed; rotate; then the old key can go.
     rotating = ConnectionService(db, registry, CredentialCipher([new, old]))
-    assert await rotating.rotate_credentials() >= 2
+    changed, undecryptable = await rotating.rotate_credentials()
+    assert changed >= 2 and one["id"] not in undecryptable and two["id"] not in undecryptable
     after = ConnectionService(db, registry, CredentialCipher([new]))
     assert (await after.connector_for(tenant_id, one["id"])).context.credentials == {"api_key": "apx_one"}
     assert (await after.connector_for(tenant_id, two["id"])).context.credentials == {"api_key": "apx_two"}

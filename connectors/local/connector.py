@@ -358,7 +358,10 @@ class LocalConnector(Connector):
         return out
 
     def _taxes(self, components: list[E.TaxComponent]) -> tuple[str, list[dict[str, Any]]]:
-        rate = E.rate_str(E.effective_rate(components))
+        try:
+            rate = E.rate_str(E.effective_rate(components))
+        except E.AmountOutOfRange as exc:
+            raise _invalid(("body", "taxes"), str(exc), "amount_out_of_range") from None
         return rate, [{"name": c.name, "rate": E.rate_str(c.rate), "compound": c.compound} for c in components]
 
     async def create_product(self, body: Any) -> dict[str, Any]:
@@ -663,6 +666,8 @@ class LocalConnector(Connector):
                         item.quantity, unit_price, item.discount, components,
                         inclusive=bool(product.get("tax_inclusive")), currency=currency,
                     )
+                except E.AmountOutOfRange as exc:
+                    raise _invalid(loc, str(exc), "amount_out_of_range") from None
                 except ValueError:
                     raise _invalid((*loc, "discount"), "the discount exceeds quantity × unit_price", "discount_too_large") from None
                 name = product["name"] if variant is None else f"{product['name']} / {variant['name']}"
@@ -690,6 +695,9 @@ class LocalConnector(Connector):
                 if product.get("track_inventory"):
                     needs[(product["id"], variant["id"] if variant else "")] += E.to_milli(item.quantity)
 
+            if subtotal >= E.MAX_AMOUNT or total >= E.MAX_AMOUNT or any(m >= E.MAX_AMOUNT * E.MILLI for m in needs.values()):
+                raise _invalid(("body", "lines"), "the order's totals or quantities are out of range "
+                               "(at most 15 integer digits)", "amount_out_of_range")
             settlement = E.settle(total, [(p.method, p.amount) for p in body.payments], currency)
             points = E.loyalty_points(settlement.amount_paid, self.points_per_unit) if body.customer_id else 0
             # 422s before 409s: check the credit tender on an unlocked read first; it is checked

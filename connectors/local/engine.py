@@ -32,6 +32,19 @@ DEFAULT_EXPONENT = 2
 RATE_PLACES = Decimal("0.0001")  # tax rates carry at most 4 decimals (the Rate type)
 HUNDRED = Decimal(100)
 MILLI = 1000
+#: Computed amounts and rates must fit the model's decimal strings (at most 15 integer digits).
+MAX_AMOUNT = Decimal(10) ** 15
+
+
+class AmountOutOfRange(ValueError):
+    """A computed amount or rate has more than 15 integer digits (the caller answers 422)."""
+
+
+def in_range(value: Decimal, what: str) -> Decimal:
+    """``value`` unchanged, or :class:`AmountOutOfRange` when it has more than 15 integer digits."""
+    if abs(value) >= MAX_AMOUNT:
+        raise AmountOutOfRange(f"{what} is out of range (at most 15 integer digits)")
+    return value
 
 
 # -- money --------------------------------------------------------------------------------------
@@ -150,7 +163,7 @@ def effective_rate(components: Sequence[TaxComponent]) -> Decimal:
 
     5 % then 10 % compound → ``15.5``; 20 % alone → ``20``.
     """
-    total = sum(tax_factors(components), Decimal(0)) * HUNDRED
+    total = in_range(sum(tax_factors(components), Decimal(0)) * HUNDRED, "the combined tax rate")
     return total.quantize(RATE_PLACES, rounding=ROUND_HALF_UP)
 
 
@@ -194,7 +207,7 @@ def line_amounts(
     Raises:
         ValueError: the discount exceeds quantity × unit_price (the caller turns it into a 422).
     """
-    gross = quantize_money(quantity * unit_price, currency)
+    gross = quantize_money(in_range(quantity * unit_price, "quantity × unit_price"), currency)
     discount = quantize_money(discount, currency)
     if discount > gross:
         raise ValueError("discount exceeds the line amount")
@@ -204,17 +217,17 @@ def line_amounts(
         earlier = Decimal(0)
         for comp in components:
             on = base + earlier if comp.compound else base
-            amount = quantize_money(on * comp.rate / HUNDRED, currency)
+            amount = quantize_money(in_range(on * comp.rate / HUNDRED, "a line tax"), currency)
             taxes.append((comp, amount))
             earlier += amount
-        return LineAmounts(gross, discount, base, taxes, base + earlier)
+        return LineAmounts(gross, discount, base, taxes, in_range(base + earlier, "the line total"))
     factors = tax_factors(components)
     divisor = Decimal(1) + sum(factors, Decimal(0))
     exact_net = base / divisor
     net = quantize_money(exact_net, currency)
     taxes = []
     allocated = Decimal(0)
-    for index, (comp, factor) in enumerate(zip(components, factors)):
+    for index, (comp, factor) in enumerate(zip(components, factors, strict=True)):
         if index == len(components) - 1:
             amount = base - net - allocated
         else:
@@ -250,6 +263,11 @@ def settle(total: Decimal, payments: Sequence[tuple[str, Decimal]], currency: st
     """
     amounts = [(method, quantize_money(amount, currency)) for method, amount in payments]
     tendered = sum((a for _, a in amounts), Decimal(0))
+    if tendered >= MAX_AMOUNT:
+        raise ValidationFailed(
+            "the tendered amount is out of range",
+            errors=[{"loc": ["body", "payments"], "msg": "the tenders add up to more than 15 integer digits", "type": "amount_out_of_range"}],
+        )
     non_cash = sum((a for m, a in amounts if m != "cash"), Decimal(0))
     credit = sum((a for m, a in amounts if m == "credit"), Decimal(0))
     if non_cash > total:

@@ -39,7 +39,7 @@ class Services:
     rate_limit: Any
 
     @classmethod
-    def build(cls, settings: Settings, *, db: Database | None = None, registry: ConnectorRegistry | None = None) -> "Services":
+    def build(cls, settings: Settings, *, db: Database | None = None, registry: ConnectorRegistry | None = None) -> Services:
         """Create the services for ``settings`` (database engine, connector registry, cipher)."""
         db = db or Database(settings.database_url)
         registry = registry or ConnectorRegistry()

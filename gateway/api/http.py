@@ -8,7 +8,7 @@ query parameter (400 ``invalid_parameter``).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -131,8 +131,8 @@ def query_time(request: Request, name: str) -> datetime | None:
                          code="invalid_parameter",
                          errors=[{"loc": ["query", name], "msg": "not an RFC 3339 timestamp", "type": "datetime"}]) from None
     if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 def query_text(request: Request, name: str, max_length: int = 200) -> str | None:

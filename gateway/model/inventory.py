@@ -65,7 +65,7 @@ class AdjustmentCreate(BaseModel):
     reference: str | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
-    def _check(self) -> "AdjustmentCreate":
+    def _check(self) -> AdjustmentCreate:
         if not self.product_id and not self.sku:
             raise ValueError("give product_id or sku")
         if self.delta == 0:

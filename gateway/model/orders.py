@@ -126,10 +126,10 @@ class OrderLineCreate(BaseModel):
     sku: str | None = Field(default=None, min_length=1, max_length=64)
     quantity: PositiveQuantity
     unit_price: NonNegativeMoney | None = None
-    discount: NonNegativeMoney = Decimal("0")
+    discount: NonNegativeMoney = Decimal(0)
 
     @model_validator(mode="after")
-    def _one_reference(self) -> "OrderLineCreate":
+    def _one_reference(self) -> OrderLineCreate:
         if not self.product_id and not self.sku:
             raise ValueError("give product_id or sku")
         return self

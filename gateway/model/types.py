@@ -13,12 +13,13 @@ Units:
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
-from gateway.jsonutil import JsonNumber
 from pydantic import AfterValidator, BeforeValidator, PlainSerializer, StringConstraints, WithJsonSchema
+
+from gateway.jsonutil import JsonNumber
 
 DECIMAL_PATTERN = r"^-?[0-9]{1,15}(\.[0-9]{1,6})?$"
 _DECIMAL_RE = re.compile(DECIMAL_PATTERN)
@@ -87,8 +88,8 @@ Currency = Annotated[
 
 def _to_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def _render_time(value: datetime) -> str:

@@ -13,7 +13,7 @@ import jsonschema
 from sqlalchemy import and_, insert, or_, select, update
 
 from gateway import jsonutil
-from gateway.crypto import CredentialCipher
+from gateway.crypto import CredentialCipher, DecryptionError
 from gateway.errors import NotFound, ValidationFailed
 from gateway.ids import new_id
 from gateway.model import ConnectionCreate, ConnectionUpdate
@@ -188,17 +188,27 @@ class ConnectionService:
         )
         return cls(context, self.db)
 
-    async def rotate_credentials(self) -> int:
-        """Re-encrypt every connection's credentials with the primary key; return how many changed."""
+    async def rotate_credentials(self) -> tuple[int, list[str]]:
+        """Re-encrypt every connection's credentials with the primary key.
+
+        Returns:
+            (how many were re-encrypted, ids of connections no configured key can decrypt). A
+            row that cannot be decrypted is left as it is and reported, not fatal.
+        """
         async with self.db.read() as conn:
             rows = (await conn.execute(select(t.connections).where(t.connections.c.credentials != ""))).all()
         changed = 0
+        failed: list[str] = []
         for row in rows:
             if not self.cipher.needs_rotation(row.credentials):
                 continue
-            plaintext = self.cipher.decrypt(row.credentials, tenant_id=row.tenant_id, connection_id=row.id)
+            try:
+                plaintext = self.cipher.decrypt(row.credentials, tenant_id=row.tenant_id, connection_id=row.id)
+            except DecryptionError:
+                failed.append(row.id)
+                continue
             token = self.cipher.encrypt(plaintext, tenant_id=row.tenant_id, connection_id=row.id)
             async with self.db.transaction() as uow:
                 await uow.conn.execute(update(t.connections).where(t.connections.c.id == row.id).values(credentials=token))
             changed += 1
-        return changed
+        return changed, failed

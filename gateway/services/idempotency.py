@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.errors import BadRequest, Conflict, IdempotencyInFlight, IdempotencyKeyReused
 from gateway.jsonutil import utcnow
 from gateway.storage import tables as t
-from gateway.storage.db import PRECOMMIT, Database
+from gateway.storage.db import Database
 from gateway.storage.uow import UnitOfWork
 
 IN_FLIGHT_TIMEOUT = timedelta(minutes=5)

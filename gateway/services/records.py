@@ -16,10 +16,10 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import jsonutil
@@ -323,7 +323,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
             raise ValueError("cursor parts")
         moment = datetime.fromisoformat(stamp)
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
         return moment, record_id
     except (ValueError, TypeError, binascii.Error, jsonutil.MalformedJSON) as exc:
         raise BadRequest("the cursor is not one this API returned", code="invalid_cursor") from exc

@@ -34,7 +34,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     def run() -> None:
         try:
             command.upgrade(alembic_config(database_url), revision)
-        except BaseException as exc:  # re-raised in the caller's thread
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller thread
             error.append(exc)
 
     thread = threading.Thread(target=run)

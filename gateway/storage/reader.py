@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -69,7 +69,7 @@ class FastReader:
         """Bind form of a timestamp: SQLite's stored text (UTC), or the aware datetime itself."""
         if self.dialect == "sqlite":
             if value.tzinfo is not None:
-                value = value.astimezone(timezone.utc).replace(tzinfo=None)
+                value = value.astimezone(UTC).replace(tzinfo=None)
             return value.strftime(SQLITE_TS)
         return value
 
@@ -80,8 +80,8 @@ class FastReader:
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
     async def all(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """All rows of a query, as tuples. Text comes back as ``bytes`` on SQLite, ``str`` on
