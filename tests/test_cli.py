@@ -40,10 +40,13 @@ def last_line(output: str) -> str:
 
 
 async def get(path: str, key: str) -> httpx.Response:
-    settings = Settings()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings)), base_url="http://t",
-                                 headers={"Authorization": f"Bearer {key}"}) as http:
-        return await http.get(path)
+    app = create_app(Settings())
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
+                                     headers={"Authorization": f"Bearer {key}"}) as http:
+            return await http.get(path)
+    finally:
+        await app.state.services.db.dispose()
 
 
 def test_tenants_keys_and_connections(cli_env):

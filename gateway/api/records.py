@@ -71,6 +71,11 @@ def _expand_raw(request: Request) -> bool:
 async def list_records(request: Request) -> Response:
     """``GET /v1/connections/{id}/{entity}``: keyset pages ordered by (updated_at, id)."""
     tenant_id = await authenticate(request)
+    reader = services(request).db.reader
+    memo_key = (tenant_id, request.scope["path"], request.scope["query_string"])
+    memo = reader.memo_get(memo_key)
+    if memo is not None:
+        return JSONBytes(memo)
     connection_id = request.path_params["connection_id"]
     entity = _entity(request)
     limit = query_int(request, "limit", 50, 1, 200)
@@ -84,7 +89,7 @@ async def list_records(request: Request) -> Response:
                                  errors=[{"loc": ["query", "active"], "msg": "must be true or false", "type": "bool"}])
             filters[name] = value
     items, next_cursor = await records.list_json(
-            services(request).db.reader,
+            reader,
             tenant_id=tenant_id,
             connection_id=connection_id,
             entity=entity,
@@ -95,25 +100,32 @@ async def list_records(request: Request) -> Response:
             filters=filters,
             expand_raw=_expand_raw(request),
         )
+    tail = b'],"next_cursor":' + (b'"' + next_cursor.encode() + b'"' if next_cursor else b"null") + b"}"
+    body = b'{"data":[' + b",".join(items) + tail
     if not items:
         await _live_connection(request, tenant_id, connection_id)
-    tail = b'],"next_cursor":' + (b'"' + next_cursor.encode() + b'"' if next_cursor else b"null") + b"}"
-    return JSONBytes(b'{"data":[' + b",".join(items) + tail)
+    else:
+        reader.memo_put(memo_key, body)
+    return JSONBytes(body)
 
 
 async def get_record(request: Request) -> Response:
     """``GET /v1/connections/{id}/{entity}/{record_id}`` (soft-deleted records included, with ``deleted_at``)."""
     tenant_id = await authenticate(request)
-    connection_id = request.path_params["connection_id"]
-    entity = _entity(request)
+    reader = services(request).db.reader
+    memo_key = (tenant_id, request.scope["path"], request.scope["query_string"])
+    memo = reader.memo_get(memo_key)
+    if memo is not None:
+        return JSONBytes(memo)
     body = await records.get_json(
-            services(request).db.reader,
-            tenant_id=tenant_id,
-            connection_id=connection_id,
-            entity=entity,
-            record_id=request.path_params["record_id"],
-            expand_raw=_expand_raw(request),
-        )
+        reader,
+        tenant_id=tenant_id,
+        connection_id=request.path_params["connection_id"],
+        entity=_entity(request),
+        record_id=request.path_params["record_id"],
+        expand_raw=_expand_raw(request),
+    )
+    reader.memo_put(memo_key, body)
     return JSONBytes(body)
 
 

@@ -90,10 +90,7 @@ class FastReader:
             conn = self._connection()
             if not self.cache_size:
                 return conn.execute(sql, params).fetchall()
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._version:
-                self._cache.clear()
-                self._version = version
+            self._check_version(conn)
             key = (sql, *sorted(params.items()))
             rows = self._cache.get(key)
             if rows is not None:
@@ -109,6 +106,32 @@ class FastReader:
         async with self.engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             return [tuple(row) for row in (await conn.execute(text(sql), params)).all()]
+
+    def _check_version(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._cache.clear()
+            self._version = version
+
+    def memo_get(self, key: tuple[Any, ...]) -> bytes | None:
+        """A response body stored by :meth:`memo_put`, if no commit happened since (SQLite only)."""
+        if self.dialect != "sqlite" or not self.cache_size:
+            return None
+        self._check_version(self._connection())
+        body = self._cache.get(("memo", *key))
+        return body  # type: ignore[return-value]
+
+    def memo_put(self, key: tuple[Any, ...], body: bytes) -> None:
+        """Keep a response body built from this reader's results until the next commit (SQLite only).
+
+        Call it right after the reads it was built from, with no ``await`` in between: the
+        results and the stored version then belong to the same database state.
+        """
+        if self.dialect != "sqlite" or not self.cache_size:
+            return
+        self._cache[("memo", *key)] = body  # type: ignore[assignment]
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     async def one(self, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
         """The first row of a query, or ``None``."""
