@@ -53,10 +53,15 @@ DatabaseOption = typer.Option(None, "--database-url", help="overrides TILLGATE_D
 
 
 def _run(coro: Any) -> Any:
+    from gateway.importers import ImportFileError
+
     try:
         return asyncio.run(coro)
     except TillgateError as exc:
         console.print(f"[red]error:[/red] {exc.detail} ({exc.code})")
+        raise typer.Exit(code=1) from None
+    except ImportFileError as exc:
+        console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(code=1) from None
 
 

@@ -109,3 +109,12 @@ def test_secrets_rotate_reencrypts_with_the_new_first_key(cli_env, monkeypatch):
     key = last_line(run("demo"))
     connections = asyncio.run(get("/v1/connections", key)).json()["data"]
     assert asyncio.run(get(f"/v1/connections/{connections[0]['id']}/health", key)).json()["status"] == "ok"
+
+
+def test_import_rejects_a_file_of_the_wrong_shape(cli_env, tmp_path):
+    run("migrate")
+    run("tenants", "create", "shop")
+    bad = tmp_path / "orders.csv"
+    bad.write_text("order,total\n1,2\n")
+    result = CliRunner().invoke(app, ["import", "retail", str(bad), "--tenant", "shop"])
+    assert result.exit_code == 1 and "error:" in result.output and "Traceback" not in result.output

@@ -8,6 +8,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from gateway import jsonutil
@@ -91,15 +92,10 @@ def error_text(exc: BaseException) -> str:
         if exc.errors:
             text += " (" + "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}" for e in exc.errors[:3]) + ")"
         return text
-    errors = getattr(exc, "errors", None)
-    if callable(errors):  # pydantic.ValidationError
-        try:
-            return "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
-                for e in errors(include_url=False)[:3]
-            )
-        except Exception:  # pragma: no cover - defensive
-            pass
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors(include_url=False)[:3]
+        )
     return f"{exc.__class__.__name__}: {exc}"
 
 

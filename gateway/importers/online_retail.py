@@ -81,7 +81,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,7 @@ from gateway.sdk.connector import Connector
 
 COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
 CURRENCY = "GBP"
-TAX_RATE = Decimal("20")
+TAX_RATE = Decimal(20)
 TENDER = "card"
 OPENING_STOCK_REFERENCE = "import:opening-stock"
 WRITEOFF_PREFIX = "import:writeoff:"
@@ -128,22 +128,36 @@ DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%m/
 CENT = Decimal("0.01")
 
 RULES = [
-    "usable StockCode: five digits plus an optional letter suffix (suffix upper-cased: 85123a = 85123A) "
-    "with at least one line that has a description and a UnitPrice > 0; other codes (POST, DOT, M, D, C2, "
-    "S, CRUK, AMAZONFEE, BANK CHARGES, PADS, gift_*, DCGS*) are non-merchandise and skipped",
-    "product name = most frequent cleaned description, price = most frequent positive UnitPrice "
-    "(ties: first name alphabetically, lowest price); GBP, 20 % VAT inclusive",
+    (
+        "usable StockCode: five digits plus an optional letter suffix (suffix upper-cased: 85123a = 85123A) "
+        "with at least one line that has a description and a UnitPrice > 0; other codes (POST, DOT, M, D, C2, "
+        "S, CRUK, AMAZONFEE, BANK CHARGES, PADS, gift_*, DCGS*) are non-merchandise and skipped"
+    ),
+    (
+        "product name = most frequent cleaned description, price = most frequent positive UnitPrice "
+        "(ties: first name alphabetically, lowest price); GBP, 20 % VAT inclusive"
+    ),
     "one customer per CustomerID, named 'Customer <id>', country from its earliest line",
-    "one order per ordinary invoice with sale lines (qty > 0, price > 0), number = InvoiceNo, placed_at = "
-    "earliest InvoiceDate (UTC), each line at its own UnitPrice, paid in full by one 'card' tender",
-    "zero-price positive lines are skipped (not sales); negative lines on ordinary invoices are stock "
-    "write-offs (adjustment reason 'correction')",
-    "credit-note lines refund the latest earlier sale line of the same SKU to the same customer with enough "
-    "unrefunded quantity (same unit price preferred); no CustomerID or no such sale: skipped",
-    "opening stock per tracked product = quantity the remaining invoices take out (restock, "
-    "reference import:opening-stock)",
-    "re-runs skip what exists: products by SKU, customers by name, orders by number, refunds by reason, "
-    "write-offs by reference",
+    (
+        "one order per ordinary invoice with sale lines (qty > 0, price > 0), number = InvoiceNo, placed_at = "
+        "earliest InvoiceDate (UTC), each line at its own UnitPrice, paid in full by one 'card' tender"
+    ),
+    (
+        "zero-price positive lines are skipped (not sales); negative lines on ordinary invoices are stock "
+        "write-offs (adjustment reason 'correction')"
+    ),
+    (
+        "credit-note lines refund the latest earlier sale line of the same SKU to the same customer with enough "
+        "unrefunded quantity (same unit price preferred); no CustomerID or no such sale: skipped"
+    ),
+    (
+        "opening stock per tracked product = quantity the remaining invoices take out (restock, "
+        "reference import:opening-stock)"
+    ),
+    (
+        "re-runs skip what exists: products by SKU, customers by name, orders by number, refunds by reason, "
+        "write-offs by reference"
+    ),
 ]
 
 Progress = Callable[[int, int], None]
@@ -194,7 +208,7 @@ def parse_date(text: str) -> datetime:
     raw = text.strip()
     for fmt in DATE_FORMATS:
         try:
-            return datetime.strptime(raw, fmt).replace(tzinfo=timezone.utc)
+            return datetime.strptime(raw, fmt).replace(tzinfo=UTC)
         except ValueError:
             continue
     raise ValueError(f"InvoiceDate {raw!r} is not a date (expected YYYY-MM-DD HH:MM:SS)")
@@ -399,7 +413,7 @@ class SaleRef:
 
 
 def _parse_ts(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return datetime.fromisoformat(text)
 
 
 def line_total(quantity: Decimal, unit_price: Decimal) -> Decimal:
@@ -422,6 +436,7 @@ class _Replay:
         self.credited: set[str] = set()  # credit note numbers already refunded
         self.writeoffs: set[str] = set()  # write-off references already applied
         self.sales: dict[tuple[str, str], list[SaleRef]] = defaultdict(list)
+        self.refused: dict[str, str] = {}  # sku -> why its product could not be created
         self.location_id = ""
         self.seq = 0
 
@@ -478,7 +493,11 @@ class _Replay:
                 sku=entry.sku, name=entry.name[:500], price=entry.price, currency=CURRENCY, tax_rate=TAX_RATE,
                 tax_inclusive=True, unit="each", track_inventory=True,
             )
-            self.products[entry.sku] = await self.connector.create_product(body)
+            try:
+                self.products[entry.sku] = await self.connector.create_product(body)
+            except TillgateError as exc:
+                self.refused[entry.sku] = f"the engine refused product {entry.sku}: {error_text(exc)}"
+                continue
             self.summary.records["products_created"] += 1
 
     async def ensure_customers(self) -> None:
@@ -509,7 +528,7 @@ class _Replay:
         on_hand = await on_hand_by_product(self.connector, self.location_id)
         for sku in sorted(needed):
             product = self.products.get(sku)
-            if product is None or not product.get("track_inventory", True):
+            if product is None or sku in self.refused or not product.get("track_inventory", True):
                 continue
             delta = needed[sku] - on_hand.get(product["id"], Decimal(0))
             if delta <= 0:
@@ -524,6 +543,16 @@ class _Replay:
     # -- events -----------------------------------------------------------------------------------
     async def run(self) -> None:
         for event in self.plan.events:
+            if self.refused:
+                kept = [ln for ln in event.lines if ln.sku not in self.refused]
+                for ln in event.lines:
+                    if ln.sku in self.refused:
+                        self.summary.skip(ln.line, "rejected", self.refused[ln.sku or ""])
+                if len(kept) != len(event.lines):
+                    self.tick(len(event.lines) - len(kept))
+                    if not kept:
+                        continue
+                    event = Invoice(event.kind, event.number, event.at, event.customer, kept)
             if not self._pending(event):
                 what = {"sale": "order", "credit": "credit note", "writeoff": "write-off"}[event.kind]
                 for ln in event.lines:
@@ -563,11 +592,10 @@ class _Replay:
         self.summary.records["orders_created"] += 1
         self.summary.add_total("sales", Decimal(str(order["total"])))
         if event.customer:
-            at = _parse_ts(order["created_at"]) if order.get("created_at") else event.at
-            for ln, ol in zip(event.lines, order["lines"]):
+            for ln, ol in zip(event.lines, order["lines"], strict=True):
                 self.seq += 1
-                self.sales[(event.customer, ol.get("sku") or ln.sku or "")].append(
-                    SaleRef(order["id"], ol["id"], ln.unit_price, ln.quantity, Decimal(0), min(at, event.at), self.seq)
+                self.sales[(event.customer, ln.sku or "")].append(
+                    SaleRef(order["id"], ol["id"], ln.unit_price, ln.quantity, Decimal(0), event.at, self.seq)
                 )
 
     def _match(self, customer: str, ln: RetailLine, at: datetime) -> SaleRef | None:
@@ -669,8 +697,9 @@ async def import_online_retail(
 
     Raises:
         ImportFileError: the file is missing, empty or not in this format (nothing is written).
-        TillgateError: the engine refused a product, customer or opening-stock write (these are
-            prerequisites of the replay, so the import stops; a re-run continues where it stopped).
+        TillgateError: the engine refused a customer or an opening-stock write (prerequisites of
+            the replay, so the import stops; a re-run continues where it stopped). A product the
+            engine refuses does not stop the import: its lines are skipped as ``rejected``.
     """
     started = time.perf_counter()
     summary = ImportSummary(kind="online_retail", source=str(path), rules=list(RULES))

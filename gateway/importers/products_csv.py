@@ -128,7 +128,7 @@ def parse_row(line: int, columns: list[str], fields: list[str]) -> ProductRow:
     """
     if len(fields) != len(columns):
         raise ValueError(f"the row has {len(fields)} fields, the header has {len(columns)}")
-    cells = {name: value.strip() for name, value in zip(columns, fields)}
+    cells = {name: value.strip() for name, value in zip(columns, fields, strict=True)}
     sku = cells["sku"]
     if not sku:
         raise ValueError("sku is empty")
@@ -288,7 +288,9 @@ async def _import_row(
     else:
         product = existing
         summary.imported("product_unchanged")
-    if row.on_hand is not None and product.get("track_inventory", True):
+    if row.on_hand is not None and not product.get("track_inventory", True):
+        summary.warn(row.line, "stock_not_set", f"sku {row.sku!r} does not track inventory: on_hand ignored")
+    elif row.on_hand is not None:
         current = stock.get(product["id"], Decimal(0))
         if current != row.on_hand:
             await _set_stock(connector, row, product, location_id, current, summary)

@@ -81,9 +81,9 @@ class ImportSummary:
 
     def add_total(self, name: str, amount: Decimal) -> None:
         """Add ``amount`` to the money total ``name``."""
-        self.totals[name] = self.totals.get(name, Decimal("0")) + amount
+        self.totals[name] = self.totals.get(name, Decimal(0)) + amount
 
-    def finish(self) -> "ImportSummary":
+    def finish(self) -> ImportSummary:
         """Sort the skipped lines by line number; return ``self``."""
         self.skipped.sort(key=lambda s: s.line)
         return self
