@@ -193,3 +193,24 @@ async def test_read_cache_never_serves_a_stale_page(client, services, local_conn
     await client.post(url, json={"name": "Fresh"})
     after = (await client.get(url)).json()["data"]
     assert [loc["name"] for loc in after] == [loc["name"] for loc in before] + ["Fresh"]
+
+
+async def test_expired_idempotency_keys_are_purged_and_reusable(client, services, local_connection):
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from gateway.jsonutil import utcnow
+    from gateway.services.idempotency import purge_expired
+    from gateway.storage import tables as t
+
+    url = f"/v1/connections/{local_connection['id']}/locations"
+    assert (await client.post(url, json={"name": "A"}, headers={"Idempotency-Key": "old-key"})).status_code == 201
+    async with services.db.transaction() as uow:
+        await uow.conn.execute(update(t.idempotency_keys).where(t.idempotency_keys.c.key == "old-key")
+                               .values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert await purge_expired(services.db) >= 1
+    async with services.db.read() as conn:
+        assert (await conn.execute(select(t.idempotency_keys).where(t.idempotency_keys.c.key == "old-key"))).first() is None
+    # After expiry the key is free again: the same key with another body is a new request.
+    assert (await client.post(url, json={"name": "B"}, headers={"Idempotency-Key": "old-key"})).status_code == 201

@@ -7,6 +7,7 @@ logged and answered 500 ``internal_error`` without details.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from gateway.api import connections, events, records, system
 from gateway.api.deps import Services
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.errors import PROBLEM_CONTENT_TYPE, MethodNotAllowed, NotFound, TillgateError
+from gateway.services.idempotency import purge_expired
 from gateway.settings import Settings, get_settings
 
 log = logging.getLogger("tillgate.api")
@@ -61,6 +63,21 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return problem_response(TillgateError("an unexpected error occurred; it has been logged"), request)
 
 
+HOUSEKEEPING_SECONDS = 3600.0
+
+
+async def _housekeeping(svc: Services, every: float = HOUSEKEEPING_SECONDS) -> None:
+    """Periodic upkeep of a serving process: drop expired ``Idempotency-Key`` rows."""
+    while True:
+        try:
+            removed = await purge_expired(svc.db)
+            if removed:
+                log.info("purged %d expired idempotency keys", removed)
+        except Exception:  # noqa: BLE001 - upkeep must outlive a passing database error
+            log.exception("housekeeping failed; retrying in %.0f s", every)
+        await asyncio.sleep(every)
+
+
 def create_app(settings: Settings | None = None, *, services: Services | None = None) -> Starlette:
     """Build the gateway's ASGI app.
 
@@ -73,8 +90,14 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        await svc.db.dispose()
+        housekeeping = asyncio.create_task(_housekeeping(svc))
+        try:
+            yield
+        finally:
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
+            await svc.db.dispose()
 
     app = Starlette(
         # Connection routes with a fixed last segment (``/health``) come before the generic
