@@ -214,3 +214,9 @@ async def test_expired_idempotency_keys_are_purged_and_reusable(client, services
         assert (await conn.execute(select(t.idempotency_keys).where(t.idempotency_keys.c.key == "old-key"))).first() is None
     # After expiry the key is free again: the same key with another body is a new request.
     assert (await client.post(url, json={"name": "B"}, headers={"Idempotency-Key": "old-key"})).status_code == 201
+
+
+async def test_connection_health_is_not_taken_for_an_entity(client, local_connection):
+    response = await client.get(f"/v1/connections/{local_connection['id']}/health")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "ok" and response.json()["connector"] == "local"

@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app = Starlette(
         # Connection routes with a fixed last segment (``/health``) come before the generic
         # ``/{connection_id}/{entity}`` read route, which would otherwise answer them 404 unknown_entity.
-        routes=[*connections.routes, *records.hot_routes, *system.routes, *records.routes, *events.routes],
+        routes=[*records.hot_routes, *connections.routes, *system.routes, *records.routes, *events.routes],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers={TillgateError: _tillgate_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Route
 
 from gateway import jsonutil
@@ -168,11 +169,25 @@ async def read_adjustment(request: Request) -> Response:
 
 BASE = "/v1/connections/{connection_id}"
 
-#: The two hot read routes come first (routing is a linear scan); the write routes of the same
-#: shape differ by method, so the order does not change what matches.
+class EntityConvertor(Convertor[str]):
+    """Matches only the six entity names, so ``{entity:entity}`` never captures ``health`` & co."""
+
+    regex = "|".join(records.ENTITIES)
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("entity", EntityConvertor())
+
+#: The two hot read routes come first (routing is a linear scan). They match only real entity
+#: names, and the write routes of the same shape differ by method, so order changes nothing else.
 hot_routes = [
-    Route(f"{BASE}/{{entity}}/{{record_id}}", get_record, methods=["GET"]),
-    Route(f"{BASE}/{{entity}}", list_records, methods=["GET"]),
+    Route(f"{BASE}/{{entity:entity}}/{{record_id}}", get_record, methods=["GET"]),
+    Route(f"{BASE}/{{entity:entity}}", list_records, methods=["GET"]),
 ]
 
 routes = [
@@ -197,4 +212,7 @@ routes = [
     Route(f"{BASE}/inventory/{{product_id}}/{{location_id}}", _write(CountSet, "set_inventory_count", status_code=200,
                                                                     path_args=("product_id", "location_id")),
           methods=["PUT"]),
+    # Last: any other name in the entity position answers 404 unknown_entity, not route_not_found.
+    Route(f"{BASE}/{{entity}}/{{record_id}}", get_record, methods=["GET"]),
+    Route(f"{BASE}/{{entity}}", list_records, methods=["GET"]),
 ]
