@@ -30,6 +30,7 @@ class Settings(BaseSettings):
         api_key_cache_seconds: how long a verified API key is trusted without a database read; a
             revocation reaches other processes within this time.
         idempotency_ttl_hours: how long ``Idempotency-Key`` responses are kept (at least 24).
+        read_cache_size: SQLite read results kept in memory until the next commit (0: off).
         log_level: Python logging level name.
     """
 
@@ -42,6 +43,7 @@ class Settings(BaseSettings):
     api_rate_limit: str = "6000/minute"
     api_key_cache_seconds: float = 5.0
     idempotency_ttl_hours: int = 24
+    read_cache_size: int = Field(default=512, ge=0)
     log_level: str = "INFO"
 
     @field_validator("secret_keys", mode="before")

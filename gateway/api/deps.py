@@ -41,7 +41,7 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, *, db: Database | None = None, registry: ConnectorRegistry | None = None) -> Services:
         """Create the services for ``settings`` (database engine, connector registry, cipher)."""
-        db = db or Database(settings.database_url)
+        db = db or Database(settings.database_url, read_cache_size=settings.read_cache_size)
         registry = registry or ConnectorRegistry()
         cipher = CredentialCipher(settings.resolved_secret_keys())
         return cls(

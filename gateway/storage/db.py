@@ -56,7 +56,7 @@ class Database:
     assigned their ``seq`` and written just before commit (see :class:`UnitOfWork`).
     """
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, read_cache_size: int = 512) -> None:
         self.url = async_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
@@ -68,7 +68,7 @@ class Database:
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         if self.is_sqlite:
             self._configure_sqlite()
-        self.reader = FastReader(self.engine)
+        self.reader = FastReader(self.engine, cache_size=read_cache_size)
 
     def _configure_sqlite(self) -> None:
         sync_engine = self.engine.sync_engine
