@@ -179,6 +179,9 @@ class LocalConnector(Connector):
 
         Returns the row (``on_hand_milli``, ``low_stock_threshold_milli``) after the change, or
         ``None`` when the guard refused it.
+
+        Raises:
+            Conflict: ``stock_out_of_range`` when on hand would reach 10^15 units (either sign).
         """
         stmt = (
             update(t.stock_levels)
@@ -188,7 +191,17 @@ class LocalConnector(Connector):
         )
         if guard and delta_milli < 0 and not self.allow_negative:
             stmt = stmt.where(t.stock_levels.c.on_hand_milli + delta_milli >= 0)
-        return (await uow.conn.execute(stmt)).first()
+        # On hand stays a Quantity (under 10^15 units either way), well inside BIGINT.
+        limit = int(E.MAX_AMOUNT) * E.MILLI
+        stmt = stmt.where(func.abs(t.stock_levels.c.on_hand_milli + delta_milli) < limit)
+        row = (await uow.conn.execute(stmt)).first()
+        if row is None:
+            current = (await uow.conn.execute(
+                select(t.stock_levels.c.on_hand_milli).where(t.stock_levels.c.id == level_id))).scalar()
+            if current is not None and abs(current + delta_milli) >= limit:
+                raise Conflict("the stock level would be out of range (at most 15 integer digits)",
+                               code="stock_out_of_range")
+        return row
 
     async def _movement(
         self,
