@@ -8,8 +8,8 @@ Every write is one transaction: the records, the stock ledger (``stock_levels`` 
 Stock is changed only by a conditional ``UPDATE stock_levels ... RETURNING``, never read then
 written, so concurrent sales cannot oversell on SQLite (serialised writers) or PostgreSQL
 (READ COMMITTED: the UPDATE takes the row lock and re-checks its condition). Rows are locked in a
-fixed order (stock levels sorted by id, then the customer, then the connection row for the
-receipt number, then the tenant's event counter) so transactions do not deadlock.
+fixed order (stock levels sorted by id, then the customer, then the connection's receipt
+counter, then the tenant's event counter) so transactions do not deadlock.
 
 See ``connectors/local/README.md`` for every behaviour and choice.
 """
@@ -110,6 +110,7 @@ class LocalConnector(Connector):
         await self._insert_location(
             uow, {"name": "Main", "kind": "store", "address": None, "timezone": self.context.settings.get("timezone")}
         )
+        await uow.conn.execute(insert(t.receipt_counters).values(connection_id=self.context.id, last_number=0))
 
     # -- shared helpers --------------------------------------------------------------------------
     async def _load(self, conn: Any, entity: str, record_id: str | None) -> dict[str, Any] | None:
@@ -599,28 +600,24 @@ class LocalConnector(Connector):
         return locations[0] if locations else None
 
     async def _next_number(self, conn: Any) -> str:
-        count = (
+        """The next receipt number (``R000001``, ...) from the connection's counter row.
+
+        The counter row stays locked until commit, so numbers are gap-free per connection on
+        PostgreSQL too. Client-given numbers are not checked against it.
+        """
+        counter = t.receipt_counters
+        row = (
             await conn.execute(
-                select(func.count()).select_from(t.records).where(
-                    t.records.c.connection_id == self.context.id, t.records.c.entity == "orders"
-                )
+                update(counter)
+                .where(counter.c.connection_id == self.context.id)
+                .values(last_number=counter.c.last_number + 1)
+                .returning(counter.c.last_number)
             )
-        ).scalar_one()
-        number = count + 1
-        while True:
-            candidate = f"R{number:06d}"
-            taken = (
-                await conn.execute(
-                    select(t.records.c.id).where(
-                        t.records.c.connection_id == self.context.id,
-                        t.records.c.entity == "orders",
-                        t.records.c.data.like(f'%"number":"{candidate}"%'),
-                    ).limit(1)
-                )
-            ).first()
-            if taken is None:
-                return candidate
-            number += 1
+        ).first()
+        if row is None:  # a connection whose counter was never created: start it
+            await conn.execute(insert(counter).values(connection_id=self.context.id, last_number=1))
+            return "R000001"
+        return f"R{row[0]:06d}"
 
     async def create_order(self, body: Any) -> dict[str, Any]:
         """Record a sale (``OrderCreate``) in one transaction: the order, stock, customer, events.
@@ -748,7 +745,6 @@ class LocalConnector(Connector):
             if settlement.credit > 0:
                 self._check_credit(body, customer, settlement.credit)
 
-            await self._lock_connection(uow)
             number = body.number or await self._next_number(conn)
             order_id = new_id("order")
             order = await self._upsert(

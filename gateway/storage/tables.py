@@ -195,6 +195,15 @@ class AdjustmentRow(SQLModel, table=True):
     updated_at: datetime
 
 
+class ReceiptCounterRow(SQLModel, table=True):
+    """The local engine's receipt numbers per connection: ``last_number`` of ``R000001``-style numbers."""
+
+    __tablename__ = "receipt_counters"
+
+    connection_id: str = Field(primary_key=True, foreign_key="connections.id", max_length=40)
+    last_number: int = Field(default=0, sa_type=BigInteger)
+
+
 metadata = SQLModel.metadata
 
 records = RecordRow.__table__
@@ -207,3 +216,4 @@ idempotency_keys = IdempotencyKeyRow.__table__
 stock_levels = StockLevelRow.__table__
 stock_movements = StockMovementRow.__table__
 adjustments = AdjustmentRow.__table__
+receipt_counters = ReceiptCounterRow.__table__
