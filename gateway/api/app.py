@@ -73,7 +73,7 @@ async def _housekeeping(svc: Services, every: float = HOUSEKEEPING_SECONDS) -> N
             removed = await purge_expired(svc.db)
             if removed:
                 log.info("purged %d expired idempotency keys", removed)
-        except Exception:  # noqa: BLE001 - upkeep must outlive a passing database error
+        except Exception:
             log.exception("housekeeping failed; retrying in %.0f s", every)
         await asyncio.sleep(every)
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import select
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Route
 
 from gateway import jsonutil
