@@ -31,7 +31,18 @@ from gateway.storage import tables as t
 from gateway.storage.db import Database
 from gateway.storage.migrate import upgrade
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/online_retail_sample.csv"
+#: The real sample lives in the shared folder beside the repository (``../shared``), as on CI;
+#: ``TILLGATE_RETAIL_SAMPLE`` points elsewhere.
+DATA = Path(os.environ.get("TILLGATE_RETAIL_SAMPLE",
+                           Path(__file__).resolve().parents[2] / "shared/data/online_retail_sample.csv"))
+
+
+def require_sample() -> Path:
+    """The sample's path, or a failure that says where it was looked for (never a skip)."""
+    if not DATA.is_file():
+        pytest.fail(f"the retail sample is not at {DATA}: the repository expects ../shared beside it "
+                    "(or set TILLGATE_RETAIL_SAMPLE)", pytrace=False)
+    return DATA
 HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
 CENT = Decimal("0.01")
 
@@ -161,6 +172,7 @@ def independent_expectations(path: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def retail(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Import the real sample twice into one fresh SQLite connection; collect what the tests check."""
+    require_sample()
     url = f"sqlite:///{tmp_path_factory.mktemp('retail') / 'retail.db'}"
     upgrade(url)
 
