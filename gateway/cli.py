@@ -222,51 +222,43 @@ async def _target_connector(svc: Services, connection: str | None, tenant: str |
     return connector
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+def _import(importer: Any, unit: str, file: Path, connection: str | None, tenant: str | None,
+            database_url: str | None) -> None:
+    """Run ``importer(connector, file, progress=...)`` with a progress bar and print its summary."""
+
+    async def work(svc: Services) -> None:
+        connector = await _target_connector(svc, connection, tenant, file.stem)
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task(unit, total=None)
+            summary = await importer(
+                connector, file, progress=lambda done, total: progress.update(task, completed=done, total=total))
+        console.print(summary.render())
+
+    _run(_with_services(_settings(database_url), work))
+
+
+FileArgument = typer.Argument(..., exists=True, dir_okay=False, readable=True)
+ConnectionOption = typer.Option(None, "--connection", help="an existing local connection")
+TenantOption = typer.Option(None, "--tenant", help="create a new local connection for this tenant")
 
 
 @import_app.command("products")
-def import_products(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
-    connection: str | None = typer.Option(None, "--connection", help="an existing local connection"),
-    tenant: str | None = typer.Option(None, "--tenant", help="create a new local connection for this tenant"),
-    database_url: str | None = DatabaseOption,
-) -> None:
+def import_products(file: Path = FileArgument, connection: str | None = ConnectionOption,
+                    tenant: str | None = TenantOption, database_url: str | None = DatabaseOption) -> None:
     """Import a products CSV (sku,name,price[,barcode,description,cost,currency,tax_rate,...])."""
     from gateway.importers.products_csv import import_products_csv
 
-    async def work(svc: Services) -> None:
-        connector = await _target_connector(svc, connection, tenant, file.stem)
-        with _progress() as progress:
-            task = progress.add_task("products", total=None)
-            summary = await import_products_csv(
-                connector, file, progress=lambda done, total: progress.update(task, completed=done, total=total))
-        console.print(summary.render())
-
-    _run(_with_services(_settings(database_url), work))
+    _import(import_products_csv, "products", file, connection, tenant, database_url)
 
 
 @import_app.command("retail")
-def import_retail(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
-    connection: str | None = typer.Option(None, "--connection", help="an existing local connection"),
-    tenant: str | None = typer.Option(None, "--tenant", help="create a new local connection for this tenant"),
-    database_url: str | None = DatabaseOption,
-) -> None:
+def import_retail(file: Path = FileArgument, connection: str | None = ConnectionOption,
+                  tenant: str | None = TenantOption, database_url: str | None = DatabaseOption) -> None:
     """Import the UCI Online Retail transaction CSV: products, customers, sales and credit notes."""
     from gateway.importers.online_retail import import_online_retail
 
-    async def work(svc: Services) -> None:
-        connector = await _target_connector(svc, connection, tenant, file.stem)
-        with _progress() as progress:
-            task = progress.add_task("lines", total=None)
-            summary = await import_online_retail(
-                connector, file, progress=lambda done, total: progress.update(task, completed=done, total=total))
-        console.print(summary.render())
-
-    _run(_with_services(_settings(database_url), work))
+    _import(import_online_retail, "lines", file, connection, tenant, database_url)
 
 
 @app.command()

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,22 +33,11 @@ from gateway.model import (
 )
 from gateway.services import records
 from gateway.services.adjustments import get_adjustment
-from gateway.storage import tables as t
 
 
-async def _live_connection(request: Request, tenant_id: str, connection_id: str) -> None:
-    async with services(request).db.read() as conn:
-        row = (
-            await conn.execute(
-                select(t.connections.c.id).where(
-                    t.connections.c.id == connection_id,
-                    t.connections.c.tenant_id == tenant_id,
-                    t.connections.c.deleted_at.is_(None),
-                )
-            )
-        ).first()
-    if row is None:
-        raise NotFound(f"no connection {connection_id!r}")
+def _memo_key(request: Request, tenant_id: str) -> tuple[str, str, bytes]:
+    """Key of a cached read response: the tenant and the exact path and query."""
+    return (tenant_id, request.scope["path"], request.scope["query_string"])
 
 
 def _entity(request: Request) -> str:
@@ -73,9 +61,8 @@ async def list_records(request: Request) -> Response:
     """``GET /v1/connections/{id}/{entity}``: keyset pages ordered by (updated_at, id)."""
     tenant_id = await authenticate(request)
     reader = services(request).db.reader
-    memo_key = (tenant_id, request.scope["path"], request.scope["query_string"])
-    memo = reader.memo_get(memo_key)
-    if memo is not None:
+    memo_key = _memo_key(request, tenant_id)
+    if (memo := reader.memo_get(memo_key)) is not None:
         return JSONBytes(memo)
     connection_id = request.path_params["connection_id"]
     entity = _entity(request)
@@ -104,7 +91,7 @@ async def list_records(request: Request) -> Response:
     tail = b'],"next_cursor":' + (b'"' + next_cursor.encode() + b'"' if next_cursor else b"null") + b"}"
     body = b'{"data":[' + b",".join(items) + tail
     if not items:
-        await _live_connection(request, tenant_id, connection_id)
+        await services(request).connections.require(tenant_id, connection_id)  # 404 for a foreign one
     else:
         reader.memo_put(memo_key, body)
     return JSONBytes(body)
@@ -114,9 +101,8 @@ async def get_record(request: Request) -> Response:
     """``GET /v1/connections/{id}/{entity}/{record_id}`` (soft-deleted records included, with ``deleted_at``)."""
     tenant_id = await authenticate(request)
     reader = services(request).db.reader
-    memo_key = (tenant_id, request.scope["path"], request.scope["query_string"])
-    memo = reader.memo_get(memo_key)
-    if memo is not None:
+    memo_key = _memo_key(request, tenant_id)
+    if (memo := reader.memo_get(memo_key)) is not None:
         return JSONBytes(memo)
     body = await records.get_json(
         reader,

@@ -98,7 +98,12 @@ class ConnectionService:
             await connector.setup(uow)
         return await self.get(tenant_id, connection_id)
 
-    async def _row(self, tenant_id: str, connection_id: str) -> Any:
+    async def require(self, tenant_id: str, connection_id: str) -> Any:
+        """The row of one of the tenant's live connections.
+
+        Raises:
+            NotFound: no such connection for this tenant (another tenant's, or deleted).
+        """
         async with self.db.read() as conn:
             row = (
                 await conn.execute(
@@ -115,7 +120,7 @@ class ConnectionService:
 
     async def get(self, tenant_id: str, connection_id: str) -> dict[str, Any]:
         """One connection (404 for another tenant's or a deleted one)."""
-        return public_view(await self._row(tenant_id, connection_id))
+        return public_view(await self.require(tenant_id, connection_id))
 
     async def list(self, tenant_id: str, *, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         """A page of the tenant's connections, ordered by (updated_at, id)."""
@@ -137,7 +142,7 @@ class ConnectionService:
 
     async def update(self, tenant_id: str, connection_id: str, body: ConnectionUpdate) -> dict[str, Any]:
         """Rename, replace credentials (checked with the vendor) or merge settings."""
-        row = await self._row(tenant_id, connection_id)
+        row = await self.require(tenant_id, connection_id)
         cls = self.registry.get(row.connector)
         settings = jsonutil.loads(row.settings)
         if body.settings is not None:
@@ -159,7 +164,7 @@ class ConnectionService:
 
     async def delete(self, tenant_id: str, connection_id: str) -> dict[str, Any]:
         """Soft-delete a connection: its records stop being served; credentials are wiped."""
-        row = await self._row(tenant_id, connection_id)
+        row = await self.require(tenant_id, connection_id)
         now = jsonutil.utcnow()
         async with self.db.transaction(tenant_id) as uow:
             await uow.conn.execute(
@@ -181,7 +186,7 @@ class ConnectionService:
         Raises:
             NotFound: no such connection for this tenant.
         """
-        row = await self._row(tenant_id, connection_id)
+        row = await self.require(tenant_id, connection_id)
         cls = self.registry.get(row.connector)
         context = ConnectionContext(
             row.id, tenant_id, row.connector, row.name, jsonutil.loads(row.settings), self.credentials(row)
