@@ -8,6 +8,7 @@ not collide across processes.
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import time
 
@@ -51,3 +52,14 @@ def has_prefix(value: str, kind: str) -> bool:
     """True when ``value`` looks like an id of ``kind`` (prefix and length only)."""
     prefix = PREFIXES[kind] + "_"
     return value.startswith(prefix) and len(value) == len(prefix) + 26
+
+
+_REQUEST_PREFIX = base64.b32encode(os.urandom(10)).decode().translate(str.maketrans(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789abcdefghjkmnpqrstvwxyz"))[:13]
+_request_counter = itertools.count()
+
+
+def new_request_id() -> str:
+    """A request id ``req_...``: a random per-process prefix and a counter (cheaper than :func:`new_id`
+    on every request, still unique across processes)."""
+    return f"req_{_REQUEST_PREFIX}{next(_request_counter):013x}"

@@ -220,3 +220,23 @@ async def test_connection_health_is_not_taken_for_an_entity(client, local_connec
     response = await client.get(f"/v1/connections/{local_connection['id']}/health")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ok" and response.json()["connector"] == "local"
+
+
+async def test_read_cache_sees_commits_of_other_processes(client, tenant, local_connection, database_url):
+    """Another process (another engine on the same database) commits; the next read shows it."""
+    from gateway.services import records
+    from gateway.storage.db import Database
+
+    url = f"/v1/connections/{local_connection['id']}/locations"
+    first = (await client.get(url)).json()["data"]
+    assert (await client.get(url)).json()["data"] == first  # now served from the read cache on SQLite
+    other = Database(database_url)
+    try:
+        async with other.transaction(tenant[0]) as uow:
+            await records.upsert(uow, connection_id=local_connection["id"], entity="locations", remote_id="elsewhere",
+                                 body={"name": "Opened elsewhere", "kind": "store", "address": None, "timezone": None})
+    finally:
+        await other.dispose()
+    names = [loc["name"] for loc in (await client.get(url)).json()["data"]]
+    assert names[-1] == "Opened elsewhere" and len(names) == len(first) + 1
+

@@ -80,6 +80,8 @@ async def authenticate(request: Request) -> str:
     if tenant_id is None:
         raise Unauthorized("the API key is not valid or was revoked", code="invalid_api_key")
     key_id = key.split("_", 2)[1]
+    # In memory, per process. The aio storage expires keys on the event loop; the sync one starts a
+    # timer thread every 10 ms, which contends for the GIL with every request.
     if not await svc.limiter.hit(svc.rate_limit, "v1", key_id):
         stats = await svc.limiter.get_window_stats(svc.rate_limit, "v1", key_id)
         retry = max(1, int(stats.reset_time - time.time()) + 1)

@@ -16,6 +16,7 @@ Timestamps are bound through :meth:`FastReader.ts` so each backend compares like
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections import OrderedDict
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ class FastReader:
         self._sqlite: sqlite3.Connection | None = None
         self._sqlite_path = make_url(str(engine.url)).database if self.dialect == "sqlite" else None
         self._version: int | None = None
+        self._checked = False
         self._cache: OrderedDict[tuple[Any, ...], list[tuple[Any, ...]]] = OrderedDict()
         self.cache_size = cache_size
         self.hits = self.misses = 0
@@ -108,10 +110,26 @@ class FastReader:
             return [tuple(row) for row in (await conn.execute(text(sql), params)).all()]
 
     def _check_version(self, conn: sqlite3.Connection) -> None:
+        """Empty the cache when another connection has committed since the last check.
+
+        The check runs at most once per event-loop iteration: requests handled in the same
+        iteration are concurrent with any commit finishing meanwhile, and a client only learns
+        its write committed from a response sent in a later iteration, whose reads check again.
+        """
+        if self._checked:
+            return
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         if version != self._version:
             self._cache.clear()
             self._version = version
+        try:
+            asyncio.get_running_loop().call_soon(self._uncheck)
+        except RuntimeError:  # no running loop (a script): check every time
+            return
+        self._checked = True
+
+    def _uncheck(self) -> None:
+        self._checked = False
 
     def memo_get(self, key: tuple[Any, ...]) -> bytes | None:
         """A response body stored by :meth:`memo_put`, if no commit happened since (SQLite only)."""
