@@ -8,6 +8,7 @@ their own tenant. A missing server fails the test with a clear message, never a 
 
 from __future__ import annotations
 
+import base64
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +20,6 @@ from gateway.storage.db import Database
 from gateway.storage.migrate import upgrade
 
 PG_URL = os.environ.get("TILLGATE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("TILLGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +90,7 @@ async def services(db: Database):
     from gateway.api.deps import Services
     from gateway.settings import Settings
 
-    settings = Settings(database_url=db.url, secret_keys=[__import__("base64").urlsafe_b64encode(os.urandom(32)).decode()],
+    settings = Settings(database_url=db.url, secret_keys=[base64.urlsafe_b64encode(os.urandom(32)).decode()],
                         api_rate_limit="100000/minute")
     return Services.build(settings, db=db)
 
