@@ -483,24 +483,7 @@ class LocalConnector(Connector):
             return record
 
     async def _find_by_variant_sku(self, conn: Any, sku: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        needle = '"sku":' + jsonutil.dumps(sku).decode()
-        escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = (
-            await conn.execute(
-                select(t.records.c.data).where(
-                    t.records.c.connection_id == self.context.id,
-                    t.records.c.entity == "products",
-                    t.records.c.deleted_at.is_(None),
-                    t.records.c.data.like(f"%{escaped}%", escape="\\"),
-                )
-            )
-        ).all()
-        for row in rows:
-            product = jsonutil.loads(row.data)
-            for variant in product.get("variants") or []:
-                if variant.get("sku") == sku:
-                    return product, variant
-        return None, None
+        return await records.find_variant_by_sku(conn, connection_id=self.context.id, sku=sku)
 
     async def _resolve_item(
         self, conn: Any, product_id: str | None, sku: str | None, variant_id: str | None, loc: Loc, *, for_sale: bool

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import jsonutil
@@ -163,6 +163,8 @@ async def upsert(
                 updated_at=now,
             )
         )
+        if entity == "products":
+            await _index_skus(uow, connection_id, common["id"], body)
         changed = sorted(body)
         uow.emit(_event_type(entity, "created", event_type), connection_id, record, changed)
         return UpsertResult("created", record, changed)
@@ -197,6 +199,8 @@ async def upsert(
             deleted_at=None,
         )
     )
+    if entity == "products" and (existing["deleted_at"] is not None or {"sku", "variants"} & set(changed)):
+        await _index_skus(uow, connection_id, existing["id"], body)
     action = "created" if existing["deleted_at"] is not None else "updated"
     uow.emit(_event_type(entity, action, event_type), connection_id, record, changed)
     return UpsertResult("updated", record, changed)
@@ -226,8 +230,51 @@ async def soft_delete(uow: UnitOfWork, *, connection_id: str, entity: str, recor
         .where(t.records.c.id == record_id)
         .values(data=jsonutil.dumps(record).decode(), updated_at=now, deleted_at=now)
     )
+    if entity == "products":
+        await uow.conn.execute(delete(t.sku_index).where(t.sku_index.c.record_id == record_id))
     uow.emit(f"{EVENT_NOUN[entity]}.deleted", connection_id, record, ["deleted_at"])
     return record
+
+
+async def _index_skus(uow: UnitOfWork, connection_id: str, record_id: str, body: dict[str, Any]) -> None:
+    """Replace a product's rows in ``sku_index`` with its own and its variants' SKUs."""
+    await uow.conn.execute(delete(t.sku_index).where(t.sku_index.c.record_id == record_id))
+    rows = {(body["sku"], "")} if body.get("sku") else set()
+    rows |= {(v["sku"], v["id"]) for v in body.get("variants") or [] if v.get("sku")}
+    if rows:
+        await uow.conn.execute(
+            insert(t.sku_index),
+            [{"connection_id": connection_id, "sku": sku, "record_id": record_id, "variant_id": variant}
+             for sku, variant in sorted(rows)],
+        )
+
+
+async def find_variant_by_sku(
+    conn: AsyncConnection, *, connection_id: str, sku: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The live product owning a *variant* with this SKU, and that variant; ``(None, None)`` when none.
+
+    An indexed lookup through ``sku_index`` (no scan of the catalog).
+    """
+    row = (
+        await conn.execute(
+            select(t.records.c.data, t.sku_index.c.variant_id)
+            .select_from(t.sku_index.join(t.records, t.records.c.id == t.sku_index.c.record_id))
+            .where(
+                t.sku_index.c.connection_id == connection_id,
+                t.sku_index.c.sku == sku,
+                t.sku_index.c.variant_id != "",
+                t.records.c.deleted_at.is_(None),
+            )
+            .order_by(t.sku_index.c.record_id)
+            .limit(1)
+        )
+    ).first()
+    if row is None:
+        return None, None
+    product = jsonutil.loads(row.data)
+    variant = next((v for v in product.get("variants") or [] if v.get("id") == row.variant_id), None)
+    return (product, variant) if variant is not None else (None, None)
 
 
 async def load(

@@ -204,6 +204,19 @@ class ReceiptCounterRow(SQLModel, table=True):
     last_number: int = Field(default=0, sa_type=BigInteger)
 
 
+class SkuIndexRow(SQLModel, table=True):
+    """Product and variant SKUs of the records cache, for exact lookups (``variant_id`` ``""`` for a
+    product's own SKU). Kept by ``records.upsert`` / ``soft_delete``; SKUs need not be unique here."""
+
+    __tablename__ = "sku_index"
+    __table_args__ = (Index("ix_sku_index_record", "record_id"),)
+
+    connection_id: str = Field(primary_key=True, foreign_key="connections.id", max_length=40)
+    sku: str = Field(primary_key=True, max_length=64)
+    record_id: str = Field(primary_key=True, max_length=40)
+    variant_id: str = Field(primary_key=True, default="", max_length=40)
+
+
 metadata = SQLModel.metadata
 
 records = RecordRow.__table__
@@ -217,3 +230,4 @@ stock_levels = StockLevelRow.__table__
 stock_movements = StockMovementRow.__table__
 adjustments = AdjustmentRow.__table__
 receipt_counters = ReceiptCounterRow.__table__
+sku_index = SkuIndexRow.__table__
