@@ -101,6 +101,28 @@ def serve(
                 log_level=log_level, proxy_headers=False)
 
 
+@app.command()
+def worker(database_url: str | None = DatabaseOption) -> None:
+    """Run jobs from Redis (scale-out mode; needs TILLGATE_REDIS_URL). Embedded mode needs none:
+    `tillgate serve` runs jobs itself when no Redis is configured."""
+    import os
+
+    from arq.worker import Worker
+
+    from gateway.workers.arq_app import worker_options
+
+    if database_url:
+        os.environ["TILLGATE_DATABASE_URL"] = database_url
+        get_settings.cache_clear()
+    settings = get_settings()
+    if not settings.redis_url:
+        console.print("[red]error:[/red] set TILLGATE_REDIS_URL to run a worker; without Redis, "
+                      "`tillgate serve` runs jobs in process")
+        raise typer.Exit(code=1)
+    logging.basicConfig(level=settings.log_level.upper())
+    Worker(**worker_options(settings.redis_url)).run()
+
+
 @tenants_app.command("create")
 def tenants_create(name: str, database_url: str | None = DatabaseOption) -> None:
     """Create a tenant and its first API key (printed once, on the last line)."""

@@ -34,6 +34,7 @@ PREFIXES = {
     "webhook_endpoint": "whe",
     "delivery": "dlv",
     "request": "req",
+    "job": "job",
 }
 
 

@@ -97,12 +97,14 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         gc.collect()
         gc.freeze()
         housekeeping = asyncio.create_task(_housekeeping(svc))
+        await svc.start_dispatcher()
         try:
             yield
         finally:
             housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
+            await svc.stop_dispatcher()
             await svc.db.dispose()
 
     app = Starlette(

@@ -37,6 +37,7 @@ class Services:
     keys: KeyVerifier
     limiter: FixedWindowRateLimiter
     rate_limit: Any
+    dispatcher: Any = None
 
     @classmethod
     def build(cls, settings: Settings, *, db: Database | None = None, registry: ConnectorRegistry | None = None) -> Services:
@@ -54,6 +55,30 @@ class Services:
             limiter=FixedWindowRateLimiter(MemoryStorage()),
             rate_limit=parse_limit(settings.api_rate_limit),
         )
+
+    async def start_dispatcher(self) -> None:
+        """Embedded mode (no Redis): run jobs in this process. Scale-out: ring arq on Redis; the
+        jobs run in ``tillgate worker`` processes."""
+        from gateway.workers.dispatch import ArqDispatcher, InProcessDispatcher, WorkerContext
+
+        if self.settings.redis_url:
+            from arq import create_pool
+            from arq.connections import RedisSettings
+
+            from gateway.workers.arq_app import QUEUE_NAME, deserialize, serialize
+
+            pool = await create_pool(RedisSettings.from_dsn(self.settings.redis_url), job_serializer=serialize,
+                                     job_deserializer=deserialize)
+            self.dispatcher = ArqDispatcher(self.db, pool, queue_name=QUEUE_NAME)
+        else:
+            self.dispatcher = InProcessDispatcher(self.db, WorkerContext(db=self.db, services=self))
+            await self.dispatcher.start()
+
+    async def stop_dispatcher(self) -> None:
+        """Stop what :meth:`start_dispatcher` started; unfinished jobs stay in the table."""
+        dispatcher, self.dispatcher = self.dispatcher, None
+        if dispatcher is not None:
+            await dispatcher.close()
 
 
 def services(request: Request) -> Services:

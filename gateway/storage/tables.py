@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -217,6 +217,43 @@ class SkuIndexRow(SQLModel, table=True):
     variant_id: str = Field(primary_key=True, default="", max_length=40)
 
 
+class JobRow(SQLModel, table=True):
+    """A unit of background work (a poll due, a delivery, an adjustment to push): a row before it is
+    a job. Redis (or the in-process queue) only says "look at job X"; the row says what is left to do.
+
+    ``status``: ``queued`` → ``running`` (leased until ``lease_until``) → ``done`` | ``failed``; a
+    failure with attempts left goes back to ``queued`` with a later ``run_after``. ``dedupe_key``
+    is unique among unfinished jobs, so the same work is never queued twice across processes.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_due", "status", "run_after"),
+        Index(
+            "uq_jobs_dedupe_open",
+            "dedupe_key",
+            unique=True,
+            sqlite_where=text("status IN ('queued', 'running')"),
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str | None = Field(default=None, max_length=40)
+    kind: str = Field(max_length=40)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    dedupe_key: str | None = Field(default=None, max_length=200)
+    status: str = Field(default="queued", max_length=10)
+    attempts: int = 0
+    max_attempts: int = 8
+    run_after: datetime
+    lease_until: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+
+
 metadata = SQLModel.metadata
 
 records = RecordRow.__table__
@@ -231,3 +268,4 @@ stock_movements = StockMovementRow.__table__
 adjustments = AdjustmentRow.__table__
 receipt_counters = ReceiptCounterRow.__table__
 sku_index = SkuIndexRow.__table__
+jobs = JobRow.__table__

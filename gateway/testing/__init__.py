@@ -1,0 +1,1 @@
+"""The testing kit: helpers connectors and tests build on (``gateway.testing.sandbox``: fake vendor servers)."""

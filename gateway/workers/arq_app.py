@@ -1,0 +1,73 @@
+"""``tillgate worker``: the arq worker (scale-out mode).
+
+Job functions receive ids only and use a JSON serializer (no pickle). ``run_job`` is the single
+job function; the sweeper runs as an arq cron job every 10 s (arq runs a cron slot once across
+workers). Configure with ``TILLGATE_REDIS_URL`` and ``TILLGATE_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from arq import cron, func
+from arq.connections import RedisSettings
+
+from gateway.workers.dispatch import ArqDispatcher, WorkerContext, execute
+
+QUEUE_NAME = "tillgate:jobs"
+
+
+def serialize(value: Any) -> bytes:
+    """arq job serializer: JSON (ids and small dicts only)."""
+    return json.dumps(value).encode()
+
+
+def deserialize(data: bytes) -> Any:
+    """arq job deserializer: JSON."""
+    return json.loads(data)
+
+
+async def run_job(ctx: dict[str, Any], job_id: str) -> str | None:
+    """arq job function: run one job row (see :func:`gateway.workers.dispatch.execute`)."""
+    return await execute(ctx["tillgate"], job_id)
+
+
+async def sweep(ctx: dict[str, Any]) -> int:
+    """arq cron job: re-ring every due job from the table."""
+    return await ctx["tillgate"].dispatcher.sweep()
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """Build the services once per worker process and keep them in ``ctx``."""
+    if "tillgate" in ctx:  # provided by the caller (tests, embedding)
+        return
+    from gateway.api.deps import Services
+    from gateway.settings import get_settings
+
+    services = Services.build(get_settings())
+    ctx["tillgate_services"] = services
+    ctx["tillgate"] = WorkerContext(db=services.db, services=services,
+                                    dispatcher=ArqDispatcher(services.db, ctx["redis"], queue_name=QUEUE_NAME))
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """Close what :func:`startup` opened."""
+    services = ctx.pop("tillgate_services", None)
+    if services is not None:
+        await services.db.dispose()
+
+
+def worker_options(redis_url: str) -> dict[str, Any]:
+    """Keyword arguments for ``arq.worker.Worker`` (shared by the CLI and the tests)."""
+    return {
+        "functions": [func(run_job, name="run_job", keep_result=0, max_tries=1000)],
+        "cron_jobs": [cron(sweep, name="sweep", second=set(range(0, 60, 10)), run_at_startup=True, keep_result=0)],
+        "redis_settings": RedisSettings.from_dsn(redis_url),
+        "queue_name": QUEUE_NAME,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "keep_result": 0,
+    }

@@ -1,0 +1,223 @@
+"""Running jobs: the job-kind registry, :func:`execute`, and the dispatchers.
+
+``execute(job_id)`` is the one job function: claim the row (a no-op for a duplicate delivery),
+run the kind's handler, then complete or fail it. Handlers must be idempotent (delivery is at
+least once). A handler asks for a specific delay by raising :class:`RetryLater` (for a vendor's
+``Retry-After``); any other exception is a failed attempt with backoff.
+
+Dispatchers only ring the bell:
+
+- :class:`InProcessDispatcher` (embedded mode, no Redis): an asyncio queue and worker tasks
+  inside ``tillgate serve``.
+- :class:`ArqDispatcher` (scale-out): enqueues ``run_job(job_id)`` on arq/Redis, with the job id
+  as arq's ``_job_id`` so a job is in the Redis queue at most once; ``tillgate worker`` runs it.
+
+Both :meth:`~Dispatcher.sweep` the table: every due job (queued and due, or running with an
+expired lease) is rung again, which is how work survives a flushed Redis or a killed worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.storage.db import Database
+from gateway.workers import jobs
+from gateway.workers.jobs import Job
+
+log = logging.getLogger("tillgate.workers")
+
+#: Seconds a claimed job may run before another worker may take it over.
+LEASE_SECONDS = 300.0
+
+Handler = Callable[["WorkerContext", Job], Awaitable[None]]
+
+
+class RetryLater(Exception):
+    """Raised by a handler to retry after ``seconds`` (e.g. a vendor's Retry-After)."""
+
+    def __init__(self, reason: str, seconds: float) -> None:
+        super().__init__(reason)
+        self.seconds = seconds
+
+
+class JobRegistry:
+    """Job kinds and their handlers (an explicit dict, no discovery by name)."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def register(self, kind: str) -> Callable[[Handler], Handler]:
+        """Decorator: ``@registry.register("sync") async def run_sync(ctx, job): ...``.
+
+        Raises:
+            ValueError: ``kind`` already has a handler.
+        """
+
+        def decorate(handler: Handler) -> Handler:
+            if kind in self._handlers:
+                raise ValueError(f"job kind {kind!r} already has a handler")
+            self._handlers[kind] = handler
+            return handler
+
+        return decorate
+
+    def get(self, kind: str) -> Handler | None:
+        """The handler of ``kind``, or ``None``."""
+        return self._handlers.get(kind)
+
+
+#: The gateway's job kinds register here.
+REGISTRY = JobRegistry()
+
+
+@dataclass
+class WorkerContext:
+    """What handlers get: the database, the services container (when built), the dispatcher."""
+
+    db: Database
+    registry: JobRegistry = field(default_factory=lambda: REGISTRY)
+    services: Any = None
+    dispatcher: Dispatcher | None = None
+    lease_seconds: float = LEASE_SECONDS
+
+
+async def execute(ctx: WorkerContext, job_id: str) -> str | None:
+    """Run one job if it is claimable; return its new status (``None``: nothing to do)."""
+    job = await jobs.claim(ctx.db, job_id, lease_seconds=ctx.lease_seconds)
+    if job is None:
+        return None
+    handler = ctx.registry.get(job.kind)
+    if handler is None:
+        return await jobs.fail(ctx.db, Job(**{**job.__dict__, "attempts": job.max_attempts}),
+                               f"no handler for job kind {job.kind!r}")
+    try:
+        await handler(ctx, job)
+    except RetryLater as exc:
+        return await jobs.fail(ctx.db, job, f"retry later: {exc}", retry_in=exc.seconds)
+    except Exception as exc:
+        log.exception("job %s (%s) attempt %d failed", job.id, job.kind, job.attempts)
+        return await jobs.fail(ctx.db, job, f"{exc.__class__.__name__}: {exc}")
+    await jobs.complete(ctx.db, job)
+    return "done"
+
+
+class Dispatcher:
+    """Rings the bell for jobs; subclasses decide how (see the module docstring)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def notify(self, job_id: str, *, delay: float | None = None) -> None:
+        """Have ``job_id`` looked at (after ``delay`` seconds)."""
+        raise NotImplementedError
+
+    async def submit(self, kind: str, payload: dict[str, Any], **options: Any) -> tuple[str, bool]:
+        """Write the job row, then ring: ``(job id, created)`` as :func:`jobs.enqueue` returns."""
+        job_id, created = await jobs.enqueue(self.db, kind, payload, **options)
+        if created:
+            await self.notify(job_id)
+        return job_id, created
+
+    async def close(self) -> None:
+        """Release what the dispatcher holds (tasks, connections)."""
+
+    async def sweep(self) -> int:
+        """Ring every due job again; return how many."""
+        due = await jobs.due(self.db)
+        for job_id in due:
+            await self.notify(job_id)
+        return len(due)
+
+
+class InProcessDispatcher(Dispatcher):
+    """Embedded mode: ``concurrency`` worker tasks on an asyncio queue, and a sweeper every
+    ``sweep_every`` seconds. Use ``async with`` (or :meth:`start` / :meth:`stop`)."""
+
+    def __init__(self, db: Database, ctx: WorkerContext | None = None, *, concurrency: int = 4,
+                 sweep_every: float = 5.0) -> None:
+        super().__init__(db)
+        self.ctx = ctx or WorkerContext(db=db)
+        self.ctx.dispatcher = self
+        self.concurrency = concurrency
+        self.sweep_every = sweep_every
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    async def notify(self, job_id: str, *, delay: float | None = None) -> None:
+        if delay:
+            handle = asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, job_id)
+            self._timers.add(handle)
+        else:
+            self._queue.put_nowait(job_id)
+
+    async def _work(self) -> None:
+        while True:
+            job_id = await self._queue.get()
+            try:
+                await execute(self.ctx, job_id)
+            except Exception:
+                log.exception("could not run job %s; the sweeper will retry it", job_id)
+            finally:
+                self._queue.task_done()
+
+    async def _sweeper(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweep failed")
+            await asyncio.sleep(self.sweep_every)
+
+    async def start(self) -> None:
+        """Start the worker tasks and the sweeper."""
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self.concurrency)]
+        self._tasks.append(asyncio.create_task(self._sweeper()))
+
+    async def drain(self) -> None:
+        """Wait until every rung job has been looked at (tests, shutdown)."""
+        await self._queue.join()
+
+    async def stop(self) -> None:
+        """Cancel the workers; unfinished jobs stay in the table for the next start."""
+        for handle in self._timers:
+            handle.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def close(self) -> None:
+        await self.stop()
+
+    async def __aenter__(self) -> InProcessDispatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class ArqDispatcher(Dispatcher):
+    """Scale-out: rings through arq on Redis. ``pool`` is an ``arq.ArqRedis``."""
+
+    def __init__(self, db: Database, pool: Any, *, queue_name: str) -> None:
+        super().__init__(db)
+        self.pool = pool
+        self.queue_name = queue_name
+
+    async def notify(self, job_id: str, *, delay: float | None = None) -> None:
+        # _job_id = our id: arq refuses a second copy while one is queued or running, and
+        # keep_result=0 on the worker frees the id as soon as a run ends, for the next attempt.
+        await self.pool.enqueue_job("run_job", job_id, _job_id=job_id, _queue_name=self.queue_name,
+                                    _defer_by=delay)
+
+    async def close(self) -> None:
+        await self.pool.aclose()

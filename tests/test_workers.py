@@ -1,0 +1,194 @@
+"""Jobs are rows first: in-process and arq dispatchers, retries, dedupe, leases, and recovery
+after Redis loses everything. arq tests use the real Redis (``TILLGATE_TEST_REDIS_URL``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+from gateway.jsonutil import utcnow
+from gateway.storage import tables as t
+from gateway.workers import jobs
+from gateway.workers.dispatch import (
+    ArqDispatcher,
+    InProcessDispatcher,
+    JobRegistry,
+    RetryLater,
+    WorkerContext,
+    execute,
+)
+
+REDIS_URL = os.environ.get("TILLGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def registry_with(runs: list[str], *, fail_times: int = 0, retry_later: float | None = None) -> JobRegistry:
+    registry = JobRegistry()
+    failures = {"left": fail_times}
+
+    @registry.register("record")
+    async def record(ctx: WorkerContext, job: jobs.Job) -> None:
+        if retry_later is not None and job.attempts == 1:
+            raise RetryLater("vendor said wait", retry_later)
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise RuntimeError("vendor down")
+        runs.append(job.payload["value"])
+
+    return registry
+
+
+async def test_in_process_dispatcher_runs_jobs(db):
+    runs: list[str] = []
+    ctx = WorkerContext(db=db, registry=registry_with(runs))
+    async with InProcessDispatcher(db, ctx, concurrency=2, sweep_every=3600) as dispatcher:
+        ids = [(await dispatcher.submit("record", {"value": f"v{n}"}))[0] for n in range(5)]
+        await dispatcher.drain()
+    assert sorted(runs) == [f"v{n}" for n in range(5)]
+    assert [(await jobs.get(db, job_id))["status"] for job_id in ids] == ["done"] * 5
+
+
+async def test_failed_attempts_back_off_then_fail_for_good(db):
+    runs: list[str] = []
+    ctx = WorkerContext(db=db, registry=registry_with(runs, fail_times=10))
+    job_id, _ = await jobs.enqueue(db, "record", {"value": "x"}, max_attempts=2)
+    assert await execute(ctx, job_id) == "queued"
+    row = await jobs.get(db, job_id)
+    assert row["attempts"] == 1 and row["last_error"] == "RuntimeError: vendor down"
+    assert row["run_after"] > utcnow() + timedelta(seconds=4)  # backoff: first retry after >= 5 s
+    assert await execute(ctx, job_id) is None  # not due yet: a duplicate delivery does nothing
+    await _make_due(db, job_id)
+    assert await execute(ctx, job_id) == "failed"
+    assert runs == [] and (await jobs.get(db, job_id))["finished_at"] is not None
+
+
+async def test_retry_later_uses_the_requested_delay(db):
+    runs: list[str] = []
+    ctx = WorkerContext(db=db, registry=registry_with(runs, retry_later=42))
+    job_id, _ = await jobs.enqueue(db, "record", {"value": "x"})
+    assert await execute(ctx, job_id) == "queued"
+    wait = (await jobs.get(db, job_id))["run_after"] - utcnow()
+    assert timedelta(seconds=40) < wait <= timedelta(seconds=42)
+    await _make_due(db, job_id)
+    assert await execute(ctx, job_id) == "done" and runs == ["x"]
+
+
+async def test_dedupe_key_and_duplicate_deliveries_run_once(db):
+    runs: list[str] = []
+    ctx = WorkerContext(db=db, registry=registry_with(runs))
+    key = f"poll:{uuid.uuid4().hex}"
+    first, created = await jobs.enqueue(db, "record", {"value": "a"}, dedupe_key=key)
+    again, created_again = await jobs.enqueue(db, "record", {"value": "a"}, dedupe_key=key)
+    assert created and not created_again and again == first
+    results = await asyncio.gather(*(execute(ctx, first) for _ in range(5)))
+    assert results.count("done") == 1 and runs == ["a"]
+    # Once done, the same key may be queued again (the next poll).
+    _, created_later = await jobs.enqueue(db, "record", {"value": "b"}, dedupe_key=key)
+    assert created_later
+
+
+async def test_a_dead_workers_job_is_taken_over_after_its_lease(db):
+    runs: list[str] = []
+    ctx = WorkerContext(db=db, registry=registry_with(runs))
+    job_id, _ = await jobs.enqueue(db, "record", {"value": "orphan"})
+    assert await jobs.claim(db, job_id) is not None  # a worker took it, then died
+    dispatcher = InProcessDispatcher(db, ctx, sweep_every=3600)
+    assert job_id not in await jobs.due(db)  # the lease is still live
+    async with db.transaction() as uow:
+        await uow.conn.execute(update(t.jobs).where(t.jobs.c.id == job_id)
+                               .values(lease_until=utcnow() - timedelta(seconds=1)))
+    async with dispatcher:
+        assert await dispatcher.sweep() >= 1
+        await dispatcher.drain()
+    row = await jobs.get(db, job_id)
+    # (the sweeper also rings other tests' due jobs in this shared database; only ours matters)
+    assert row["status"] == "done" and row["attempts"] == 2 and runs.count("orphan") == 1
+
+
+async def _make_due(db, job_id: str) -> None:
+    async with db.transaction() as uow:
+        await uow.conn.execute(update(t.jobs).where(t.jobs.c.id == job_id)
+                               .values(run_after=utcnow() - timedelta(seconds=1)))
+
+
+# -- arq on the real Redis ---------------------------------------------------------------------
+@pytest.fixture
+async def arq_pool():
+    from arq import create_pool
+    from arq.connections import RedisSettings
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from gateway.workers.arq_app import deserialize, serialize
+
+    try:
+        pool = await create_pool(RedisSettings.from_dsn(REDIS_URL), job_serializer=serialize,
+                                 job_deserializer=deserialize, retry=0)
+        await pool.ping()
+    except (OSError, RedisConnectionError) as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc.__class__.__name__}). Start it or point "
+                    "TILLGATE_TEST_REDIS_URL at a server; these tests do not skip.", pytrace=False)
+    yield pool
+    await pool.aclose()
+
+
+async def run_burst_worker(ctx: WorkerContext, queue: str) -> None:
+    from arq.worker import Worker
+
+    from gateway.workers.arq_app import worker_options
+
+    options = {**worker_options(REDIS_URL), "queue_name": queue, "burst": True, "handle_signals": False,
+               "cron_jobs": None, "poll_delay": 0.05, "ctx": {"tillgate": ctx}}
+    worker = Worker(**options)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+
+
+async def test_arq_worker_runs_jobs_and_the_sweeper_recovers_a_flushed_redis(sqlite_only_url, arq_pool):
+    from gateway.storage.db import Database
+
+    db = Database(sqlite_only_url)
+    queue = f"tillgate:test:{uuid.uuid4().hex[:8]}"
+    runs: list[str] = []
+    dispatcher = ArqDispatcher(db, arq_pool, queue_name=queue)
+    ctx = WorkerContext(db=db, registry=registry_with(runs), dispatcher=dispatcher)
+    try:
+        first = [(await dispatcher.submit("record", {"value": f"a{n}"}))[0] for n in range(3)]
+        await dispatcher.notify(first[0])  # a second ring of a queued job is refused by arq: no duplicate
+        await run_burst_worker(ctx, queue)
+        assert sorted(runs) == ["a0", "a1", "a2"]
+        assert {(await jobs.get(db, job_id))["status"] for job_id in first} == {"done"}
+
+        lost = [(await dispatcher.submit("record", {"value": f"b{n}"}))[0] for n in range(3)]
+        await arq_pool.flushdb()  # Redis forgets every queued job
+        await run_burst_worker(ctx, queue)
+        assert sorted(runs) == ["a0", "a1", "a2"]  # nothing ran: the queue was empty
+        assert {(await jobs.get(db, job_id))["status"] for job_id in lost} == {"queued"}
+        assert await dispatcher.sweep() >= 3  # the table still knows
+        await run_burst_worker(ctx, queue)
+        assert sorted(runs) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+        assert {(await jobs.get(db, job_id))["status"] for job_id in lost} == {"done"}
+    finally:
+        await db.dispose()
+
+
+async def test_serve_runs_jobs_in_process_without_redis(services):
+    """Embedded mode: the app's lifespan starts an in-process dispatcher that runs submitted jobs."""
+    from gateway.api.app import create_app
+    from gateway.workers.dispatch import InProcessDispatcher
+
+    app = create_app(services.settings, services=services)
+    runs: list[str] = []
+    async with app.router.lifespan_context(app):
+        dispatcher = services.dispatcher
+        assert isinstance(dispatcher, InProcessDispatcher)
+        dispatcher.ctx.registry = registry_with(runs)
+        job_id, _ = await dispatcher.submit("record", {"value": "embedded"})
+        await dispatcher.drain()
+        assert (await jobs.get(services.db, job_id))["status"] == "done"
+    assert services.dispatcher is None and runs.count("embedded") == 1
