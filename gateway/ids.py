@@ -35,6 +35,7 @@ PREFIXES = {
     "delivery": "dlv",
     "request": "req",
     "job": "job",
+    "sync_run": "run",
 }
 
 

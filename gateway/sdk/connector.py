@@ -10,13 +10,38 @@ answers 422 ``operation_not_supported``.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from typing import Any, ClassVar
 
 from gateway.errors import OperationNotSupported
 from gateway.storage.db import Database
 from gateway.storage.uow import UnitOfWork
+
+
+@dataclass
+class RemoteRecord:
+    """One record as a connector read it, already in the unified shape.
+
+    ``body`` holds the unified entity fields (references resolved to gateway ids);
+    ``remote_updated_at`` is the vendor's modification time when it has one (aware UTC).
+    """
+
+    remote_id: str
+    body: dict[str, Any]
+    raw: Any = None
+    remote_updated_at: datetime | None = None
+    created_at: datetime | None = None
+
+
+@dataclass
+class Page:
+    """A page of a read: its records and the position after it (``None`` after the last page)."""
+
+    records: list[RemoteRecord]
+    checkpoint: dict[str, Any] | None
 
 
 def load_manifest(package: str) -> dict[str, Any]:
@@ -78,6 +103,23 @@ class Connector:
     async def health(self) -> dict[str, Any]:
         """A live check of the vendor: ``{"status": "ok"|"unhealthy", "latency_ms": ..., ...}``."""
         return {"status": "ok"}
+
+    # -- reads (sync) ----------------------------------------------------------------------------
+    def fetch(
+        self, entity: str, *, since: datetime | None = None, checkpoint: dict[str, Any] | None = None
+    ) -> AsyncIterator[Page]:
+        """Read ``entity`` from the vendor, page by page.
+
+        Args:
+            since: only records changed at or after this time, when the connector's manifest says
+                the entity is ``incremental``; ``None`` reads everything.
+            checkpoint: a ``Page.checkpoint`` of an earlier, interrupted read: continue after it.
+
+        Raises:
+            OperationNotSupported: the connector cannot read ``entity``.
+            gateway.errors.VendorError: the vendor failed (retryable or not).
+        """
+        raise self._unsupported(f"reading {entity} from the vendor")
 
     # -- writes ---------------------------------------------------------------------------------
     def _unsupported(self, what: str) -> OperationNotSupported:

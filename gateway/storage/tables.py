@@ -254,6 +254,53 @@ class JobRow(SQLModel, table=True):
     finished_at: datetime | None = None
 
 
+class SyncStateRow(SQLModel, table=True):
+    """Per (connection, entity) sync state: what ``GET /v1/connections/{id}/sync`` shows.
+
+    ``checkpoint`` (JSON) is the position of a run in progress, so an interrupted backfill resumes
+    where it stopped; ``high_water`` is the newest vendor ``updated_at`` seen (for modified-since
+    polls).
+    """
+
+    __tablename__ = "sync_states"
+
+    connection_id: str = Field(primary_key=True, foreign_key="connections.id", max_length=40)
+    entity: str = Field(primary_key=True, max_length=20)
+    status: str = Field(default="idle", max_length=10)
+    run_id: str | None = Field(default=None, max_length=40)
+    mode: str | None = Field(default=None, max_length=12)
+    checkpoint: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    high_water: datetime | None = None
+    records: int = 0
+    last_started_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_full_sync_at: datetime | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    updated_at: datetime
+
+
+class SyncRunRow(SQLModel, table=True):
+    """One sync run of one entity: its mode, outcome and counts (the sync history)."""
+
+    __tablename__ = "sync_runs"
+    __table_args__ = (Index("ix_sync_runs_connection", "connection_id", "entity", "started_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    connection_id: str = Field(foreign_key="connections.id", max_length=40)
+    entity: str = Field(max_length=20)
+    mode: str = Field(max_length=12)
+    status: str = Field(max_length=10)
+    pages: int = 0
+    seen: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    started_at: datetime
+    finished_at: datetime | None = None
+
+
 metadata = SQLModel.metadata
 
 records = RecordRow.__table__
@@ -269,3 +316,5 @@ adjustments = AdjustmentRow.__table__
 receipt_counters = ReceiptCounterRow.__table__
 sku_index = SkuIndexRow.__table__
 jobs = JobRow.__table__
+sync_states = SyncStateRow.__table__
+sync_runs = SyncRunRow.__table__

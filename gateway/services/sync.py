@@ -1,0 +1,251 @@
+"""The sync engine: keeps a connection's records cache in step with the vendor.
+
+A run reads one entity through :meth:`Connector.fetch` page by page and upserts each record
+(:func:`gateway.services.records.upsert`: an unchanged content hash writes nothing and emits
+nothing; an older vendor ``updated_at`` never overwrites a newer one). After each page the run's
+checkpoint is saved, so an interrupted backfill resumes after the last committed page.
+
+Modes:
+
+- ``full``: read everything, then mark-and-sweep: live records the run did not see are
+  soft-deleted (``<noun>.deleted``). A run resumed from a checkpoint has not seen the pages
+  before it, so it does not sweep; the next uninterrupted full run does.
+- ``incremental``: when the manifest marks the entity ``incremental``, read only what changed
+  since the high-water mark minus a lookback window; otherwise read everything and let the
+  content hash find the changes (a full scan: it sweeps too).
+
+Every run leaves a ``sync_runs`` row and emits ``connection.sync_completed`` or
+``connection.sync_failed``; per-entity state is in ``sync_states``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+
+from gateway import jsonutil
+from gateway.ids import new_id
+from gateway.sdk.connector import Connector
+from gateway.services import records
+from gateway.storage import tables as t
+from gateway.storage.db import Database
+
+#: Entities in dependency order: what orders and inventory refer to is synced first.
+ENTITY_ORDER = ("locations", "categories", "products", "customers", "inventory", "orders")
+DEFAULT_LOOKBACK = timedelta(minutes=5)
+
+
+@dataclass
+class RunResult:
+    """Counts of one run (``status`` ``succeeded`` or ``failed``)."""
+
+    run_id: str
+    entity: str
+    mode: str
+    status: str = "running"
+    pages: int = 0
+    seen: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    resumed: bool = False
+    error: str | None = None
+
+
+class SyncEngine:
+    """Runs syncs for one connection (a :class:`Connector` instance bound to it)."""
+
+    def __init__(self, db: Database, connector: Connector, *, lookback: timedelta = DEFAULT_LOOKBACK) -> None:
+        self.db = db
+        self.connector = connector
+        self.connection_id = connector.context.id
+        self.tenant_id = connector.context.tenant_id
+        self.lookback = lookback
+
+    def entities(self) -> list[str]:
+        """Entities the connector can read, in dependency order."""
+        capabilities = self.connector.manifest.get("capabilities", {})
+        return [entity for entity in ENTITY_ORDER if capabilities.get(entity, {}).get("read")]
+
+    def _incremental(self, entity: str) -> bool:
+        return bool(self.connector.manifest.get("capabilities", {}).get(entity, {}).get("incremental"))
+
+    async def _state(self, entity: str) -> dict[str, Any]:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(t.sync_states).where(
+                        t.sync_states.c.connection_id == self.connection_id, t.sync_states.c.entity == entity
+                    )
+                )
+            ).mappings().first()
+        if row is not None:
+            return dict(row)
+        now = jsonutil.utcnow()
+        async with self.db.transaction() as uow:
+            await uow.conn.execute(
+                insert(t.sync_states).values(connection_id=self.connection_id, entity=entity, status="idle",
+                                             records=0, updated_at=now)
+            )
+        return {"status": "idle", "checkpoint": None, "run_id": None, "mode": None, "high_water": None,
+                "last_full_sync_at": None}
+
+    async def _save_state(self, uow: Any, entity: str, **values: Any) -> None:
+        await uow.conn.execute(
+            update(t.sync_states)
+            .where(t.sync_states.c.connection_id == self.connection_id, t.sync_states.c.entity == entity)
+            .values(updated_at=jsonutil.utcnow(), **values)
+        )
+
+    async def run(self, entity: str, *, mode: str = "auto") -> RunResult:
+        """Sync one entity.
+
+        Args:
+            mode: ``full``, ``incremental``, or ``auto`` (full until one full run succeeded).
+
+        Raises:
+            whatever the connector raises (after the run is recorded as failed and
+            ``connection.sync_failed`` emitted); the checkpoint is kept for the retry.
+        """
+        state = await self._state(entity)
+        resuming = bool(state.get("checkpoint")) and state.get("run_id") is not None
+        if resuming:
+            run_id, mode = state["run_id"], state["mode"] or "full"
+        else:
+            if mode == "auto":
+                mode = "incremental" if state.get("last_full_sync_at") else "full"
+            run_id = new_id("sync_run")
+        since = None
+        if mode == "incremental" and self._incremental(entity) and state.get("high_water"):
+            since = state["high_water"] - self.lookback
+        sweep = since is None and not resuming
+        result = RunResult(run_id=run_id, entity=entity, mode=mode, resumed=resuming)
+        if resuming:  # continue the interrupted run's counts
+            async with self.db.read() as conn:
+                done = (await conn.execute(select(t.sync_runs).where(t.sync_runs.c.id == run_id))).mappings().first()
+            if done is not None:
+                for name in ("pages", "seen", "created", "updated", "unchanged", "deleted"):
+                    setattr(result, name, done[name])
+        now = jsonutil.utcnow()
+        async with self.db.transaction() as uow:
+            if not resuming:
+                await uow.conn.execute(
+                    insert(t.sync_runs).values(id=run_id, connection_id=self.connection_id, entity=entity, mode=mode,
+                                               status="running", started_at=now)
+                )
+            await self._save_state(uow, entity, status="running", run_id=run_id, mode=mode, last_started_at=now,
+                                   last_error=None)
+        seen: set[str] = set()
+        high_water: datetime | None = state.get("high_water")
+        checkpoint = jsonutil.loads(state["checkpoint"]) if resuming else None
+        try:
+            async for page in self.connector.fetch(entity, since=since, checkpoint=checkpoint):
+                async with self.db.transaction(self.tenant_id) as uow:
+                    for item in page.records:
+                        outcome = await records.upsert(
+                            uow, connection_id=self.connection_id, entity=entity, remote_id=item.remote_id,
+                            body=item.body, raw=item.raw, remote_updated_at=item.remote_updated_at,
+                            created_at=item.created_at,
+                        )
+                        if outcome.action == "created":
+                            result.created += 1
+                        elif outcome.action == "updated":
+                            result.updated += 1
+                        else:
+                            result.unchanged += 1
+                        seen.add(item.remote_id)
+                        if item.remote_updated_at and (high_water is None or item.remote_updated_at > high_water):
+                            high_water = item.remote_updated_at
+                    result.pages += 1
+                    result.seen += len(page.records)
+                    await self._save_state(
+                        uow, entity,
+                        checkpoint=None if page.checkpoint is None else jsonutil.dumps(page.checkpoint).decode(),
+                    )
+                    await self._save_run(uow, result)
+            if sweep:
+                result.deleted = await self._sweep(entity, seen)
+        except Exception as exc:
+            result.status, result.error = "failed", f"{exc.__class__.__name__}: {exc}"
+            await self._finish(entity, result, high_water, full=False)
+            raise
+        result.status = "succeeded"
+        await self._finish(entity, result, high_water, full=mode == "full" or since is None)
+        return result
+
+    async def _save_run(self, uow: Any, result: RunResult) -> None:
+        await uow.conn.execute(
+            update(t.sync_runs).where(t.sync_runs.c.id == result.run_id).values(
+                pages=result.pages, seen=result.seen, created=result.created,
+                updated=result.updated, unchanged=result.unchanged, deleted=result.deleted,
+            )
+        )
+
+    async def _sweep(self, entity: str, seen: set[str]) -> int:
+        """Soft-delete live records of ``entity`` the run did not see; return how many."""
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.records.c.id, t.records.c.remote_id).where(
+                        t.records.c.connection_id == self.connection_id, t.records.c.entity == entity,
+                        t.records.c.deleted_at.is_(None),
+                    )
+                )
+            ).all()
+        gone = [row.id for row in rows if row.remote_id not in seen]
+        for start in range(0, len(gone), 500):
+            async with self.db.transaction(self.tenant_id) as uow:
+                for record_id in gone[start:start + 500]:
+                    await records.soft_delete(uow, connection_id=self.connection_id, entity=entity, record_id=record_id)
+        return len(gone)
+
+    async def _finish(self, entity: str, result: RunResult, high_water: datetime | None, *, full: bool) -> None:
+        now = jsonutil.utcnow()
+        async with self.db.read() as conn:
+            live = (await conn.execute(
+                select(func.count()).select_from(t.records).where(
+                    t.records.c.connection_id == self.connection_id, t.records.c.entity == entity,
+                    t.records.c.deleted_at.is_(None))
+            )).scalar_one()
+        async with self.db.transaction(self.tenant_id) as uow:
+            await self._save_run(uow, result)
+            await uow.conn.execute(
+                update(t.sync_runs).where(t.sync_runs.c.id == result.run_id)
+                .values(status=result.status, error=result.error, finished_at=now)
+            )
+            if result.status == "succeeded":
+                values: dict[str, Any] = {"status": "idle", "checkpoint": None, "run_id": None, "records": live,
+                                          "last_success_at": now, "high_water": high_water}
+                if full:
+                    values["last_full_sync_at"] = now
+                await self._save_state(uow, entity, **values)
+            else:  # keep run_id and checkpoint: the retry resumes this run
+                await self._save_state(uow, entity, status="failed", last_error=result.error, records=live,
+                                       high_water=high_water)
+            event = "connection.sync_completed" if result.status == "succeeded" else "connection.sync_failed"
+            uow.emit(event, self.connection_id, {"connection_id": self.connection_id, **asdict(result)},
+                     ["status"])
+
+
+async def sync_states(db: Database, connection_id: str) -> dict[str, dict[str, Any]]:
+    """Per-entity state for ``GET /v1/connections/{id}/sync``: status, last_success_at, last_error,
+    records, lag_s (seconds since the last success, ``None`` before the first)."""
+    async with db.read() as conn:
+        rows = (await conn.execute(select(t.sync_states).where(t.sync_states.c.connection_id == connection_id))).all()
+    now = jsonutil.utcnow()
+    out = {}
+    for row in rows:
+        out[row.entity] = {
+            "status": row.status,
+            "mode": row.mode,
+            "last_success_at": jsonutil.rfc3339(row.last_success_at),
+            "last_full_sync_at": jsonutil.rfc3339(row.last_full_sync_at),
+            "last_error": row.last_error,
+            "records": row.records,
+            "lag_s": None if row.last_success_at is None else round((now - row.last_success_at).total_seconds(), 3),
+        }
+    return out

@@ -1,0 +1,133 @@
+"""The sync engine against an in-memory vendor: full runs with mark-and-sweep, unchanged re-runs
+that write nothing, incremental reads with a lookback, and a crashed backfill that resumes."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+from typing import Any, ClassVar
+
+import pytest
+from sqlalchemy import func, select
+
+from gateway.crypto import CredentialCipher
+from gateway.model import ConnectionCreate
+from gateway.sdk.connector import Connector, Page, RemoteRecord
+from gateway.sdk.registry import ConnectorRegistry
+from gateway.services.connections import ConnectionService
+from gateway.services.sync import SyncEngine, sync_states
+from gateway.storage import tables as t
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
+
+
+class FakeVendor:
+    """The vendor's catalog: remote id → (name, price, updated_at)."""
+
+    def __init__(self, count: int) -> None:
+        self.items = {str(n): {"name": f"Item {n}", "price": f"{n}.50", "updated_at": T0} for n in range(count)}
+        self.fail_after_pages: int | None = None
+        self.calls: list[dict[str, Any]] = []
+
+
+class FakeConnector(Connector):
+    manifest: ClassVar[dict[str, Any]] = {
+        "name": "fake", "version": "0.1.0", "title": "Fake vendor",
+        "credentials_schema": {"type": "object"}, "settings_schema": {"type": "object"},
+        "capabilities": {"products": {"read": True, "incremental": True}},
+    }
+    vendor: ClassVar[FakeVendor]
+    page_size = 4
+
+    async def fetch(self, entity, *, since=None, checkpoint=None):
+        self.vendor.calls.append({"since": since, "checkpoint": checkpoint})
+        rows = sorted((rid, item) for rid, item in self.vendor.items.items()
+                      if since is None or item["updated_at"] >= since)
+        start = (checkpoint or {}).get("offset", 0)
+        pages = 0
+        for offset in range(start, len(rows), self.page_size):
+            if self.vendor.fail_after_pages is not None and pages == self.vendor.fail_after_pages:
+                raise ConnectionError("vendor went away")
+            chunk = rows[offset:offset + self.page_size]
+            end = offset + len(chunk)
+            yield Page(
+                records=[RemoteRecord(remote_id=rid, remote_updated_at=item["updated_at"], raw={"id": rid},
+                                      body=_product(item)) for rid, item in chunk],
+                checkpoint={"offset": end} if end < len(rows) else None,
+            )
+            pages += 1
+
+
+def _product(item: dict[str, Any]) -> dict[str, Any]:
+    return {"sku": None, "barcode": None, "name": item["name"], "description": None, "translations": {},
+            "category_ids": [], "price": item["price"], "cost": None, "currency": "GBP", "tax_rate": "0",
+            "tax_inclusive": False, "taxes": [], "unit": "each", "track_inventory": True, "active": True,
+            "variants": []}
+
+
+@pytest.fixture
+async def engine(db, tenant):
+    FakeConnector.vendor = FakeVendor(10)
+    service = ConnectionService(db, ConnectorRegistry([FakeConnector], load_entry_points=False),
+                                CredentialCipher([os.urandom(32)]))
+    connection = await service.create(tenant[0], ConnectionCreate(connector="fake", name="vendor"))
+    return SyncEngine(db, await service.connector_for(tenant[0], connection["id"]))
+
+
+async def count(db, table, **where) -> int:
+    query = select(func.count()).select_from(table)
+    for name, value in where.items():
+        query = query.where(table.c[name] == value)
+    async with db.read() as conn:
+        return (await conn.execute(query)).scalar_one()
+
+
+async def test_full_sync_then_an_unchanged_rerun_writes_nothing(engine, db):
+    cid = engine.connection_id
+    first = await engine.run("products")
+    assert (first.status, first.mode, first.pages, first.created, first.deleted) == ("succeeded", "full", 3, 10, 0)
+    assert await count(db, t.events, connection_id=cid, type="product.created") == 10
+    async with db.read() as conn:
+        stamps = (await conn.execute(select(t.records.c.updated_at).where(t.records.c.connection_id == cid))).all()
+    again = await engine.run("products")  # auto → incremental (high water - lookback includes all)
+    assert (again.mode, again.unchanged, again.created, again.updated) == ("incremental", 10, 0, 0)
+    async with db.read() as conn:
+        assert (await conn.execute(select(t.records.c.updated_at).where(t.records.c.connection_id == cid))).all() == stamps
+    assert await count(db, t.events, connection_id=cid, type="product.updated") == 0
+    assert await count(db, t.events, connection_id=cid, type="connection.sync_completed") == 2
+    state = (await sync_states(db, cid))["products"]
+    assert state["status"] == "idle" and state["records"] == 10 and state["last_error"] is None
+    assert FakeConnector.vendor.calls[-1]["since"] == T0 - timedelta(minutes=5)
+
+
+async def test_full_sync_updates_changed_and_sweeps_deleted(engine, db):
+    cid = engine.connection_id
+    await engine.run("products")
+    vendor = FakeConnector.vendor
+    vendor.items["3"] = {**vendor.items["3"], "price": "99.00", "updated_at": T0 + timedelta(hours=1)}
+    del vendor.items["7"]
+    result = await engine.run("products", mode="full")
+    assert (result.updated, result.unchanged, result.deleted) == (1, 8, 1)
+    assert await count(db, t.events, connection_id=cid, type="product.updated") == 1
+    assert await count(db, t.events, connection_id=cid, type="product.deleted") == 1
+    async with db.read() as conn:
+        gone = (await conn.execute(select(t.records.c.deleted_at).where(
+            t.records.c.connection_id == cid, t.records.c.remote_id == "7"))).scalar_one()
+    assert gone is not None and (await sync_states(db, cid))["products"]["records"] == 9
+
+
+async def test_a_crashed_backfill_resumes_after_its_last_page(engine, db):
+    cid = engine.connection_id
+    FakeConnector.vendor.fail_after_pages = 2
+    with pytest.raises(ConnectionError):
+        await engine.run("products")
+    state = (await sync_states(db, cid))["products"]
+    assert state["status"] == "failed" and "vendor went away" in state["last_error"] and state["records"] == 8
+    assert await count(db, t.events, connection_id=cid, type="connection.sync_failed") == 1
+    FakeConnector.vendor.fail_after_pages = None
+    resumed = await engine.run("products")
+    assert resumed.resumed and resumed.status == "succeeded" and resumed.created == 10 and resumed.pages == 3
+    assert FakeConnector.vendor.calls[-1]["checkpoint"] == {"offset": 8}
+    assert await count(db, t.records, connection_id=cid, entity="products") == 10
+    assert await count(db, t.events, connection_id=cid, type="product.created") == 10
+    assert await count(db, t.sync_runs, connection_id=cid) == 1  # the same run, continued
