@@ -217,7 +217,7 @@ def test_every_file_is_a_valid_2020_12_schema_with_its_id() -> None:
 
 
 def test_every_schema_file_except_the_manifest_is_covered_by_these_tests() -> None:
-    covered = {"common.json", "connector-manifest.schema.json", *RESOURCES.values()}
+    covered = {"common.json", "connector-manifest.schema.json", "mapping.schema.json", *RESOURCES.values()}
     assert set(SCHEMAS) == covered
 
 
@@ -242,7 +242,7 @@ def test_every_ref_resolves(name: str) -> None:
     for path, ref in refs:
         resolved = resolver.lookup(ref)  # raises Unresolvable when it does not resolve
         assert isinstance(resolved.contents, dict), f"{name}{path}: {ref}"
-    if name not in ("common.json", "connector-manifest.schema.json", "problem.json"):
+    if name not in ("common.json", "connector-manifest.schema.json", "mapping.schema.json", "problem.json"):
         assert any(ref.startswith("common.json#/$defs/") for _, ref in refs), name
 
 

@@ -131,3 +131,43 @@ async def test_a_crashed_backfill_resumes_after_its_last_page(engine, db):
     assert await count(db, t.records, connection_id=cid, entity="products") == 10
     assert await count(db, t.events, connection_id=cid, type="product.created") == 10
     assert await count(db, t.sync_runs, connection_id=cid) == 1  # the same run, continued
+
+
+async def test_sync_api_queues_jobs_that_the_embedded_worker_runs(db, tenant):
+    """POST /sync answers 202 with one job per entity; the in-process dispatcher runs them; GET /sync
+    shows the result. The local connector has nothing to sync (422)."""
+    import base64
+
+    import httpx
+
+    from gateway.api.app import create_app
+    from gateway.api.deps import Services
+    from gateway.settings import Settings
+
+    FakeConnector.vendor = FakeVendor(6)
+    settings = Settings(database_url=db.url, secret_keys=[base64.urlsafe_b64encode(os.urandom(32)).decode()])
+    services = Services.build(settings, db=db, registry=ConnectorRegistry([FakeConnector]))
+    app = create_app(settings, services=services)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t", headers={"Authorization": f"Bearer {tenant[1]}"}
+    ) as http:
+        con = (await http.post("/v1/connections", json={"connector": "fake", "name": "v"})).json()["id"]
+        queued = await http.post(f"/v1/connections/{con}/sync", json={"mode": "full"})
+        assert queued.status_code == 202, queued.text
+        assert [job["entity"] for job in queued.json()["jobs"]] == ["products"]
+        await services.dispatcher.drain()
+        state = (await http.get(f"/v1/connections/{con}/sync")).json()
+        products = state["entities"]["products"]
+        assert products["status"] == "idle" and products["records"] == 6 and products["last_success_at"]
+        assert products["lag_s"] >= 0 and state["syncs_from_vendor"] is True
+        listed = (await http.get(f"/v1/connections/{con}/products?limit=200")).json()["data"]
+        assert sorted(p["remote_id"] for p in listed) == [str(n) for n in range(6)]
+        bad = await http.post(f"/v1/connections/{con}/sync", json={"entities": ["orders"]})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == ["body", "entities"]
+
+        local = (await http.post("/v1/connections", json={"connector": "local", "name": "shop"})).json()["id"]
+        refused = await http.post(f"/v1/connections/{local}/sync")
+        assert refused.status_code == 422 and refused.json()["code"] == "operation_not_supported"
+        local_state = (await http.get(f"/v1/connections/{local}/sync")).json()
+        assert local_state["syncs_from_vendor"] is False and set(local_state["entities"]) == {
+            "locations", "categories", "products", "customers", "inventory", "orders"}

@@ -10,7 +10,11 @@ from starlette.routing import Route
 
 from gateway.api.deps import authenticate, run_write, services
 from gateway.api.http import json_response, parse_model, query_int, query_text, read_body
-from gateway.model import ConnectionCreate, ConnectionUpdate
+from gateway.errors import OperationNotSupported, ValidationFailed, VendorUnavailable
+from gateway.model import ConnectionCreate, ConnectionUpdate, SyncRequest
+from gateway.sdk.connector import Connector
+from gateway.services.sync import SyncEngine, sync_states
+from gateway.workers.tasks import sync_dedupe_key
 
 
 async def list_connectors(request: Request) -> Response:
@@ -72,6 +76,54 @@ async def connection_health(request: Request) -> Response:
     return json_response({"connection_id": connector.context.id, "connector": connector.name(), **result})
 
 
+def _reads_from_vendor(connector) -> bool:  # type: ignore[no-untyped-def]
+    return type(connector).fetch is not Connector.fetch
+
+
+async def start_sync(request: Request) -> Response:
+    """``POST /v1/connections/{connection_id}/sync``: queue a sync job per entity (202)."""
+    tenant_id = await authenticate(request)
+    raw = await read_body(request)
+    body = parse_model(raw, SyncRequest, request.headers.get("content-type"), optional=True)
+    svc = services(request)
+    connector = await svc.connections.connector_for(tenant_id, request.path_params["connection_id"])
+    if not _reads_from_vendor(connector):
+        raise OperationNotSupported(
+            f"the {connector.name()} connector keeps the cache itself; there is nothing to sync")
+    readable = SyncEngine(svc.db, connector).entities()
+    wanted = body.entities or readable
+    unknown = [entity for entity in wanted if entity not in readable]
+    if unknown:
+        raise ValidationFailed(f"the {connector.name()} connector cannot read {', '.join(unknown)}",
+                               errors=[{"loc": ["body", "entities"], "msg": f"not readable: {unknown}",
+                                        "type": "unsupported_entity"}])
+    if svc.dispatcher is None:
+        raise VendorUnavailable("this process runs no job dispatcher", vendor=connector.name(), retryable=True)
+    queued = []
+    for entity in (e for e in readable if e in wanted):
+        job_id, created = await svc.dispatcher.submit(
+            "sync", {"connection_id": connector.context.id, "entity": entity, "mode": body.mode},
+            tenant_id=tenant_id, dedupe_key=sync_dedupe_key(connector.context.id, entity))
+        queued.append({"entity": entity, "job_id": job_id, "already_queued": not created})
+    return json_response({"connection_id": connector.context.id, "mode": body.mode, "jobs": queued}, 202)
+
+
+async def sync_status(request: Request) -> Response:
+    """``GET /v1/connections/{connection_id}/sync``: per-entity sync state."""
+    tenant_id = await authenticate(request)
+    svc = services(request)
+    connector = await svc.connections.connector_for(tenant_id, request.path_params["connection_id"])
+    states = await sync_states(svc.db, connector.context.id)
+    entities = {}
+    for entity in SyncEngine(svc.db, connector).entities():
+        entities[entity] = states.get(entity) or {
+            "status": "idle", "mode": None, "last_success_at": None, "last_full_sync_at": None,
+            "last_error": None, "records": None, "lag_s": None,
+        }
+    return json_response({"connection_id": connector.context.id, "syncs_from_vendor": _reads_from_vendor(connector),
+                          "entities": entities})
+
+
 routes = [
     Route("/v1/connectors", list_connectors, methods=["GET"]),
     Route("/v1/connections", create_connection, methods=["POST"]),
@@ -80,4 +132,6 @@ routes = [
     Route("/v1/connections/{connection_id}", update_connection, methods=["PATCH"]),
     Route("/v1/connections/{connection_id}", delete_connection, methods=["DELETE"]),
     Route("/v1/connections/{connection_id}/health", connection_health, methods=["GET"]),
+    Route("/v1/connections/{connection_id}/sync", start_sync, methods=["POST"]),
+    Route("/v1/connections/{connection_id}/sync", sync_status, methods=["GET"]),
 ]

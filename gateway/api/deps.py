@@ -59,6 +59,7 @@ class Services:
     async def start_dispatcher(self) -> None:
         """Embedded mode (no Redis): run jobs in this process. Scale-out: ring arq on Redis; the
         jobs run in ``tillgate worker`` processes."""
+        import gateway.workers.tasks  # noqa: F401 - registers the job kinds
         from gateway.workers.dispatch import ArqDispatcher, InProcessDispatcher, WorkerContext
 
         if self.settings.redis_url:

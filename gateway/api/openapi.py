@@ -22,7 +22,7 @@ ENTITY_MODEL: dict[str, type[BaseModel]] = m.ENTITY_MODELS
 ENTITY_SINGULAR = {"products": "product", "categories": "category", "locations": "location",
                    "customers": "customer", "orders": "order", "inventory": "inventory level"}
 
-INPUT_MODELS = [m.ConnectionCreate, m.ConnectionUpdate, m.ProductCreate, m.ProductUpdate, m.CategoryCreate,
+INPUT_MODELS = [m.ConnectionCreate, m.ConnectionUpdate, m.SyncRequest, m.ProductCreate, m.ProductUpdate, m.CategoryCreate,
                 m.LocationCreate, m.CustomerCreate, m.CustomerUpdate, m.OrderCreate, m.RefundCreate, m.VoidCreate,
                 m.AdjustmentCreate, m.CountSet]
 OUTPUT_MODELS = [m.Connection, m.Connector, m.Product, m.Category, m.Location, m.Customer, m.Order,
@@ -104,6 +104,19 @@ def _paths() -> dict[str, Any]:
         f"{conn}/health": {"get": _op("Live check of the vendor", tag="connections",
                                       ok=("200", {"type": "object", "required": ["status"]}), params=cp,
                                       errors=ERRORS_READ + ("502", "503", "504"))},
+        f"{conn}/sync": {
+            "post": _op("Queue a sync of the connection's entities (202)", tag="connections",
+                        ok=("202", {"type": "object", "required": ["connection_id", "mode", "jobs"],
+                                    "properties": {"connection_id": {"type": "string"}, "mode": {"type": "string"},
+                                                   "jobs": {"type": "array", "items": {"type": "object"}}}}),
+                        params=cp, request=m.SyncRequest, body_optional=True, errors=ERRORS_WRITE),
+            "get": _op("Per-entity sync state", tag="connections",
+                       ok=("200", {"type": "object", "required": ["connection_id", "entities"],
+                                   "properties": {"connection_id": {"type": "string"},
+                                                  "syncs_from_vendor": {"type": "boolean"},
+                                                  "entities": {"type": "object"}}}),
+                       params=cp),
+        },
         f"{conn}/products/{{product_id}}": {
             "patch": _op("Update a product at the POS", tag="products", ok=("200", _ref("Product")),
                          params=cp + [_param("product_id", "path", {"type": "string"}, "prod_...", True)],

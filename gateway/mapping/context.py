@@ -23,6 +23,14 @@ def currency_exponent(code: str) -> int:
 
 
 @dataclass(frozen=True)
+class Scope:
+    """Where the engine is: the top-level record and the index in the innermost ``each`` list."""
+
+    root: Any
+    index: int | None = None
+
+
+@dataclass(frozen=True)
 class MappingContext:
     """Per-connection inputs of a mapping.
 
@@ -33,11 +41,14 @@ class MappingContext:
             ``id_ref_list`` on reads, e.g. ``resolve("categories", "2") -> "cat_..."``.
             Synchronous: a connector preloads the id map of a page before mapping it.
         remote: ``(entity, gateway_id) -> remote id or None``; used by ``remote_ref`` on writes.
+        scope: set by the engine while mapping (the record root and the current ``each``
+            index, for ``$root`` / ``$index`` paths); leave it ``None``.
     """
 
     settings: Mapping[str, Any] = field(default_factory=dict)
     resolve: Resolver | None = None
     remote: Resolver | None = None
+    scope: Scope | None = None
 
     def currency(self) -> str | None:
         """The connection's ``currency`` setting, or ``None``."""

@@ -57,14 +57,15 @@ class Transform:
     Attributes:
         name: the name used in mapping files.
         fn: ``fn(value, args, context) -> value``; raises :class:`TransformError`.
-        args: the arg names allowed; ``required`` those that must be given.
+        args: the arg names allowed (``None``: any, checked by ``check``); ``required`` those
+            that must be given.
         nulls: ``True`` when ``fn`` is called with ``None`` too (else ``None`` passes through).
         check: optional load-time check of ``args``; raises :class:`TransformError`.
     """
 
     name: str
     fn: TransformFn
-    args: frozenset[str] = frozenset()
+    args: frozenset[str] | None = frozenset()
     required: frozenset[str] = frozenset()
     nulls: bool = False
     check: Callable[[Mapping[str, Any]], None] | None = None
@@ -271,10 +272,10 @@ def t_to_integer(value: Any, args: Mapping[str, Any], context: MappingContext) -
     return int(number)
 
 
-def _factors(source: Any, paths: list[Any]) -> Decimal:
+def _factors(source: Any, paths: list[Any], scope: Any) -> Decimal:
     product = Decimal(1)
     for path in paths:
-        found = resolve_path(source, path)
+        found = resolve_path(source, path, scope)
         if found is MISSING or found is None:
             raise TransformError(f"factor {'.'.join(map(str, path))} is missing")
         product = _CONTEXT.multiply(product, to_decimal(found))
@@ -294,7 +295,7 @@ def t_multiply(value: Any, args: Mapping[str, Any], context: MappingContext) -> 
     ``{quantity: 2, price: 3.5}`` with ``factors: [quantity, price]`` → ``Decimal("7.0")``;
     ``places``/``rounding`` as for ``decimal``. For line totals a vendor leaves out.
     """
-    number = _factors(value, [compile_path(p) for p in args["factors"]])
+    number = _factors(value, [compile_path(p) for p in args["factors"]], context.scope)
     places = _places(args, context)
     return _quantize(number, places, args.get("rounding", "half_up")) if places is not None else number
 
@@ -313,7 +314,7 @@ def t_sum(value: Any, args: Mapping[str, Any], context: MappingContext) -> Decim
     paths = [compile_path(p) for p in args["factors"]]
     total = Decimal(0)
     for element in value:
-        total = _CONTEXT.add(total, _factors(element, paths))
+        total = _CONTEXT.add(total, _factors(element, paths, None))
     places = _places(args, context)
     return _quantize(total, places, args.get("rounding", "half_up")) if places is not None else total
 
@@ -324,6 +325,8 @@ def t_sum(value: Any, args: Mapping[str, Any], context: MappingContext) -> Decim
 def _check_enum(args: Mapping[str, Any]) -> None:
     if not isinstance(args["mapping"], dict) or not args["mapping"]:
         raise TransformError("mapping must be a non-empty object")
+    if None in args["mapping"]:
+        raise TransformError('mapping has a null key: quote it ("null": ...) or use the null arg')
     if "strict" in args and not isinstance(args["strict"], bool):
         raise TransformError("strict must be a boolean")
 
@@ -474,7 +477,7 @@ def t_composite_id(value: Any, args: Mapping[str, Any], context: MappingContext)
     """
     out = []
     for part in args["parts"]:
-        found = resolve_path(value, compile_path(part))
+        found = resolve_path(value, compile_path(part), context.scope)
         if found is MISSING or found is None:
             raise TransformError(f"id part {part} is missing")
         out.append(id_string(found))
@@ -509,7 +512,7 @@ def t_translations(value: Any, args: Mapping[str, Any], context: MappingContext)
     for lang, fields in args.items():
         found: dict[str, str] = {}
         for name, path in fields.items():
-            text = resolve_path(value, compile_path(path))
+            text = resolve_path(value, compile_path(path), context.scope)
             if text is MISSING or text is None:
                 continue
             text = _string(text).strip()
@@ -577,8 +580,10 @@ def t_date(value: Any, args: Mapping[str, Any], context: MappingContext) -> date
 
 
 def _t(name: str, fn: TransformFn, *, args: tuple[str, ...] = (), required: tuple[str, ...] = (),
-       nulls: bool = False, check: Callable[[Mapping[str, Any]], None] | None = None) -> tuple[str, Transform]:
-    return name, Transform(name, fn, frozenset(args) | frozenset(required), frozenset(required), nulls, check)
+       nulls: bool = False, check: Callable[[Mapping[str, Any]], None] | None = None,
+       any_args: bool = False) -> tuple[str, Transform]:
+    allowed = None if any_args else frozenset(args) | frozenset(required)
+    return name, Transform(name, fn, allowed, frozenset(required), nulls, check)
 
 
 _ROUND = ("places", "rounding")
@@ -606,6 +611,6 @@ TRANSFORMS: dict[str, Transform] = dict([
     _t("id_ref_list", t_id_ref_list, args=("missing",), required=("entity",), nulls=True, check=_check_ref),
     _t("remote_ref", t_remote_ref, args=("missing", "integer"), required=("entity",), check=_check_ref),
     _t("composite_id", t_composite_id, args=("separator",), required=("parts",), check=_check_parts),
-    _t("translations", t_translations, args=(), check=_check_translations),
+    _t("translations", t_translations, any_args=True, check=_check_translations),
     _t("date", t_date, args=("format", "tz"), check=_check_date),
 ])

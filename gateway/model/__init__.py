@@ -16,7 +16,7 @@ from gateway.model.catalog import (
     VariantCreate,
 )
 from gateway.model.common import Address, ListPage, Record
-from gateway.model.connections import Connection, ConnectionCreate, ConnectionUpdate, Connector
+from gateway.model.connections import Connection, ConnectionCreate, ConnectionUpdate, Connector, SyncRequest
 from gateway.model.customers import Customer, CustomerCreate, CustomerUpdate
 from gateway.model.events import Event, EventPage
 from gateway.model.inventory import Adjustment, AdjustmentCreate, CountSet, InventoryLevel
@@ -84,6 +84,7 @@ __all__ = [
     "RefundCreate",
     "RefundLine",
     "RefundLineCreate",
+    "SyncRequest",
     "Variant",
     "VariantCreate",
     "VoidCreate",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -54,3 +54,18 @@ class ConnectionUpdate(BaseModel):
     name: Text | None = None
     credentials: dict[str, Any] | None = None
     settings: dict[str, Any] | None = None
+
+
+SyncEntity = Literal["products", "categories", "locations", "customers", "orders", "inventory"]
+
+
+class SyncRequest(BaseModel):
+    """``POST /v1/connections/{id}/sync``: which entities (default: all the connector reads) and how.
+
+    ``auto`` is a full sync until one succeeded, then incremental.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["auto", "full", "incremental"] = "auto"
+    entities: list[SyncEntity] | None = Field(default=None, min_length=1, max_length=6)

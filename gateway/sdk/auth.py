@@ -179,7 +179,9 @@ class LoginWithRefresh(httpx.Auth):
 
     requires_request_body = True  # a 401 replays the request, so its body must be in memory
 
-    def __init__(self, *, skew: float = 30.0, default_ttl: float = 900.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, skew: float = 30.0, default_ttl: float = 900.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self.skew = skew
         self.default_ttl = default_ttl
         self._clock = clock
@@ -239,6 +241,17 @@ class LoginWithRefresh(httpx.Auth):
     def secrets(self) -> tuple[str, ...]:
         """The secret values currently held (for redaction of vendor messages)."""
         return tuple(s for s in (self._access, self._refresh) if s)
+
+    def logout_call(self, base_url: httpx.URL) -> httpx.Request | None:
+        """The prepared logout request (with ``Authorization``) for the session held, or ``None``.
+
+        The tokens are forgotten either way; the caller sends the request best effort.
+        """
+        request = self.logout_request(base_url, self._refresh) if self._access else None
+        if request is not None:
+            request.headers["Authorization"] = f"Bearer {self._access}"
+        self.forget()
+        return request
 
     def forget(self) -> None:
         """Drop the tokens: the next request logs in."""

@@ -239,16 +239,13 @@ class VendorClient:
 
     async def aclose(self, *, logout: bool = False) -> None:
         """Close the connection pool; with ``logout=True`` first revoke a login session, best effort."""
-        logout_request = getattr(self.auth, "logout_request", None)
-        if logout and logout_request is not None and getattr(self.auth, "has_token", False):
-            request = logout_request(self._client.base_url, getattr(self.auth, "_refresh", None))
-            if request is not None:
-                try:
-                    request.headers["Authorization"] = f"Bearer {self.auth._access}"  # type: ignore[union-attr]
-                    await self._client.send(request, auth=None)
-                except httpx.HTTPError as exc:
-                    log.info("%s: logout failed: %s", self.vendor, type(exc).__name__)
-            self.auth.forget()  # type: ignore[union-attr]
+        logout_call = getattr(self.auth, "logout_call", None)
+        request = logout_call(self._client.base_url) if logout and logout_call is not None else None
+        if request is not None:
+            try:
+                await self._client.send(request, auth=None)
+            except httpx.HTTPError as exc:
+                log.info("%s: logout failed: %s", self.vendor, type(exc).__name__)
         await self._client.aclose()
 
     # -- the one place outcomes are judged ----------------------------------------------------------
@@ -266,7 +263,8 @@ class VendorClient:
             response = outcome.response
             if response is None or response.is_success:
                 return VendorError(
-                    f"{where} failed: {outcome.reason}", vendor=self.vendor,
+                    f"{where} failed: {outcome.reason}",
+                    vendor=self.vendor,
                     vendor_status=response.status_code if response is not None else None,
                     code="vendor_invalid_response",
                 )
@@ -275,12 +273,14 @@ class VendorClient:
                 return self.classify(response)
             return VendorCredentialsRejected(
                 f"{self.vendor} refused the {outcome.stage} with the connection's credentials ({status})",
-                vendor=self.vendor, vendor_status=status,
+                vendor=self.vendor,
+                vendor_status=status,
             )
         if isinstance(outcome, httpx.TimeoutException):
             return VendorTimeout(
                 f"{self.vendor} did not answer in time ({type(outcome).__name__})",
-                vendor=self.vendor, retryable=True,
+                vendor=self.vendor,
+                retryable=True,
             )
         if isinstance(outcome, httpx.TransportError):
             return VendorUnavailable(
@@ -323,7 +323,9 @@ class VendorClient:
         message: Any = None
         for scope in (doc, doc.get("error") if isinstance(doc, dict) else None):
             if isinstance(scope, dict):
-                message = next((scope[k] for k in ("message", "error", "detail") if isinstance(scope.get(k), str)), None)
+                message = next(
+                    (scope[k] for k in ("message", "error", "detail") if isinstance(scope.get(k), str)), None
+                )
             if message:
                 break
         if not isinstance(message, str) or not message:
@@ -433,7 +435,9 @@ class VendorClient:
             remaining = self._open_remaining()
             raise VendorCircuitOpen(
                 f"{self.vendor} is failing; calls are paused for {remaining or 0:.0f} s",
-                vendor=self.vendor, retryable=True, retry_after=remaining,
+                vendor=self.vendor,
+                retryable=True,
+                retry_after=remaining,
             ) from exc
 
     def _failed(self, error: VendorError) -> VendorError:
@@ -456,8 +460,13 @@ class VendorClient:
             self.health_counters.retries += 1
             exc = state.outcome.exception() if state.outcome is not None else None
             log.info(
-                "%s: %s %s failed (%s), retry %d in %.2f s", self.vendor, method, path,
-                getattr(exc, "code", type(exc).__name__), state.attempt_number, state.upcoming_sleep,
+                "%s: %s %s failed (%s), retry %d in %.2f s",
+                self.vendor,
+                method,
+                path,
+                getattr(exc, "code", type(exc).__name__),
+                state.attempt_number,
+                state.upcoming_sleep,
             )
 
         retrying = AsyncRetrying(
@@ -506,7 +515,9 @@ class VendorClient:
         except jsonutil.MalformedJSON as exc:
             raise VendorError(
                 f"{self.vendor} answered {response.request.method} {response.request.url.path} with a body that is not JSON",
-                vendor=self.vendor, vendor_status=response.status_code, code="vendor_invalid_response",
+                vendor=self.vendor,
+                vendor_status=response.status_code,
+                code="vendor_invalid_response",
             ) from exc
 
     async def json(self, method: str, path: str, **kwargs: Any) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 from arq import cron, func
 from arq.connections import RedisSettings
 
+import gateway.workers.tasks  # noqa: F401 - registers the job kinds
 from gateway.workers.dispatch import ArqDispatcher, WorkerContext, execute
 
 QUEUE_NAME = "tillgate:jobs"
