@@ -123,6 +123,30 @@ def worker(database_url: str | None = DatabaseOption) -> None:
     Worker(**worker_options(settings.redis_url)).run()
 
 
+@app.command()
+def sandbox(
+    name: str = typer.Argument(..., help="the vendor, e.g. apex"),
+    host: str = typer.Option("127.0.0.1", help="interface to bind"),
+    port: int = typer.Option(8100, help="TCP port"),
+    seed_csv: Path | None = typer.Option(None, "--seed-csv", exists=True, dir_okay=False,
+                                         help="seed from an Online Retail transaction CSV"),
+    products: int | None = typer.Option(None, help="generate this many synthetic products"),
+    seed: int | None = typer.Option(None, help="random seed (faults, synthetic data)"),
+) -> None:
+    """Serve a vendor sandbox: a fake POS that behaves as the vendor's docs describe."""
+    from importlib.metadata import entry_points
+
+    from gateway.testing.sandbox import run
+
+    found = {ep.name: ep for ep in entry_points(group="tillgate.sandboxes")}
+    if name not in found:
+        console.print(f"[red]error:[/red] no sandbox named {name!r}; installed: {', '.join(sorted(found)) or 'none'}")
+        raise typer.Exit(code=1)
+    options = {key: value for key, value in {"seed_csv": seed_csv, "products": products, "seed": seed}.items()
+               if value is not None}
+    run(found[name].load()(**options), host, port)
+
+
 @tenants_app.command("create")
 def tenants_create(name: str, database_url: str | None = DatabaseOption) -> None:
     """Create a tenant and its first API key (printed once, on the last line)."""

@@ -118,3 +118,8 @@ def test_import_rejects_a_file_of_the_wrong_shape(cli_env, tmp_path):
     bad.write_text("order,total\n1,2\n")
     result = CliRunner().invoke(app, ["import", "retail", str(bad), "--tenant", "shop"])
     assert result.exit_code == 1 and "error:" in result.output and "Traceback" not in result.output
+
+
+def test_sandbox_names_the_installed_ones_when_asked_for_another(cli_env):
+    result = CliRunner().invoke(app, ["sandbox", "nope"])
+    assert result.exit_code == 1 and "installed: apex" in result.output

@@ -332,7 +332,9 @@ class FaultMiddleware:
         if status is not None:
             fault = str(status)
             sb.fault_counts[fault] = sb.fault_counts.get(fault, 0) + 1
-            message = "Too many requests" if status == 429 else "Service unavailable" if status == 503 else "Server error"
+            message = (
+                "Too many requests" if status == 429 else "Service unavailable" if status == 503 else "Server error"
+            )
             response = sb.error_response(status, message)
             response.headers.update(headers)
             seen["status"] = status
@@ -390,7 +392,16 @@ def paginate(items: Sequence[Any], page: int, limit: int, sandbox: Sandbox | Non
 
 # --- CSV seeding ---------------------------------------------------------------------------------
 
-RETAIL_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
+RETAIL_COLUMNS = (
+    "InvoiceNo",
+    "StockCode",
+    "Description",
+    "Quantity",
+    "InvoiceDate",
+    "UnitPrice",
+    "CustomerID",
+    "Country",
+)
 
 
 @dataclass(frozen=True, slots=True)
