@@ -4,7 +4,7 @@ that write nothing, incremental reads with a lookback, and a crashed backfill th
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import pytest
@@ -18,7 +18,7 @@ from gateway.services.connections import ConnectionService
 from gateway.services.sync import SyncEngine, sync_states
 from gateway.storage import tables as t
 
-T0 = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
 
 class FakeVendor:
