@@ -171,3 +171,41 @@ async def test_sync_api_queues_jobs_that_the_embedded_worker_runs(db, tenant):
         local_state = (await http.get(f"/v1/connections/{local}/sync")).json()
         assert local_state["syncs_from_vendor"] is False and set(local_state["entities"]) == {
             "locations", "categories", "products", "customers", "inventory", "orders"}
+
+
+async def test_scheduler_queues_due_polls_once_and_skips_local_connections(db, tenant):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from gateway.api.deps import Services
+    from gateway.jsonutil import utcnow
+    from gateway.settings import Settings
+    from gateway.workers.dispatch import InProcessDispatcher, WorkerContext
+    from gateway.workers.scheduler import schedule_polls
+
+    FakeConnector.vendor = FakeVendor(3)
+    settings = Settings(database_url=db.url, secret_keys=["A" * 43])
+    services = Services.build(settings, db=db, registry=ConnectorRegistry([FakeConnector]))
+    fake = await services.connections.create(tenant[0], ConnectionCreate(
+        connector="fake", name="v", settings={"poll_interval_seconds": 60}))
+    local = await services.connections.create(tenant[0], ConnectionCreate(connector="local", name="shop"))
+    services.dispatcher = InProcessDispatcher(db, WorkerContext(db=db, services=services), sweep_every=3600)
+    async with services.dispatcher:
+        assert await schedule_polls(services) >= 1
+        assert await schedule_polls(services) == 0  # still queued: the dedupe key refuses a second one
+        await services.dispatcher.drain()
+        states = await sync_states(db, fake["id"])
+        assert states["products"]["status"] == "idle" and states["products"]["records"] == 3
+        assert await sync_states(db, local["id"]) == {}  # local keeps its cache itself: never polled
+        await schedule_polls(services)
+        await services.dispatcher.drain()
+        async with db.read() as conn:
+            runs = (await conn.execute(select(func.count()).select_from(t.sync_runs)
+                                       .where(t.sync_runs.c.connection_id == fake["id"]))).scalar_one()
+        assert runs == 1  # started a moment ago: not due before 60 s
+        async with db.transaction() as uow:  # a minute later
+            await uow.conn.execute(update(t.sync_states).where(t.sync_states.c.connection_id == fake["id"])
+                                   .values(last_started_at=utcnow() - timedelta(seconds=61)))
+        assert await schedule_polls(services) == 1
+        await services.dispatcher.drain()

@@ -72,7 +72,13 @@ class Services:
                                      job_deserializer=deserialize)
             self.dispatcher = ArqDispatcher(self.db, pool, queue_name=QUEUE_NAME)
         else:
-            self.dispatcher = InProcessDispatcher(self.db, WorkerContext(db=self.db, services=self))
+            from gateway.workers.scheduler import schedule_polls
+
+            async def schedule() -> None:
+                await schedule_polls(self)
+
+            self.dispatcher = InProcessDispatcher(self.db, WorkerContext(db=self.db, services=self),
+                                                  periodic=[schedule])
             await self.dispatcher.start()
 
     async def stop_dispatcher(self) -> None:

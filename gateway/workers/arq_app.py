@@ -1,8 +1,8 @@
 """``tillgate worker``: the arq worker (scale-out mode).
 
 Job functions receive ids only and use a JSON serializer (no pickle). ``run_job`` is the single
-job function; the sweeper runs as an arq cron job every 10 s (arq runs a cron slot once across
-workers). Configure with ``TILLGATE_REDIS_URL`` and ``TILLGATE_DATABASE_URL``.
+job function; the poll scheduler and the sweeper run as arq cron jobs every 10 s (arq runs a
+cron slot once across workers). Configure with ``TILLGATE_REDIS_URL`` and ``TILLGATE_DATABASE_URL``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ async def sweep(ctx: dict[str, Any]) -> int:
     return await ctx["tillgate"].dispatcher.sweep()
 
 
+async def schedule(ctx: dict[str, Any]) -> int:
+    """arq cron job: queue every due poll (see :mod:`gateway.workers.scheduler`)."""
+    from gateway.workers.scheduler import schedule_polls
+
+    return await schedule_polls(ctx["tillgate"].services)
+
+
 async def startup(ctx: dict[str, Any]) -> None:
     """Build the services once per worker process and keep them in ``ctx``."""
     if "tillgate" in ctx:  # provided by the caller (tests, embedding)
@@ -47,9 +54,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     from gateway.settings import get_settings
 
     services = Services.build(get_settings())
+    services.dispatcher = ArqDispatcher(services.db, ctx["redis"], queue_name=QUEUE_NAME)
     ctx["tillgate_services"] = services
-    ctx["tillgate"] = WorkerContext(db=services.db, services=services,
-                                    dispatcher=ArqDispatcher(services.db, ctx["redis"], queue_name=QUEUE_NAME))
+    ctx["tillgate"] = WorkerContext(db=services.db, services=services, dispatcher=services.dispatcher)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -63,7 +70,10 @@ def worker_options(redis_url: str) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` (shared by the CLI and the tests)."""
     return {
         "functions": [func(run_job, name="run_job", keep_result=0, max_tries=1000)],
-        "cron_jobs": [cron(sweep, name="sweep", second=set(range(0, 60, 10)), run_at_startup=True, keep_result=0)],
+        "cron_jobs": [
+            cron(schedule, name="schedule", second=set(range(5, 60, 10)), keep_result=0),
+            cron(sweep, name="sweep", second=set(range(0, 60, 10)), run_at_startup=True, keep_result=0),
+        ],
         "redis_settings": RedisSettings.from_dsn(redis_url),
         "queue_name": QUEUE_NAME,
         "on_startup": startup,

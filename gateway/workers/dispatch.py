@@ -135,12 +135,14 @@ class Dispatcher:
 
 
 class InProcessDispatcher(Dispatcher):
-    """Embedded mode: ``concurrency`` worker tasks on an asyncio queue, and a sweeper every
-    ``sweep_every`` seconds. Use ``async with`` (or :meth:`start` / :meth:`stop`)."""
+    """Embedded mode: ``concurrency`` worker tasks on an asyncio queue, and every ``sweep_every``
+    seconds the ``periodic`` steps (the poll scheduler) then a sweep. Use ``async with`` (or
+    :meth:`start` / :meth:`stop`)."""
 
     def __init__(self, db: Database, ctx: WorkerContext | None = None, *, concurrency: int = 4,
-                 sweep_every: float = 5.0) -> None:
+                 sweep_every: float = 5.0, periodic: list[Callable[[], Awaitable[Any]]] | None = None) -> None:
         super().__init__(db)
+        self.periodic = list(periodic or [])
         self.ctx = ctx or WorkerContext(db=db)
         self.ctx.dispatcher = self
         self.concurrency = concurrency
