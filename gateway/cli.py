@@ -124,6 +124,50 @@ def worker(database_url: str | None = DatabaseOption) -> None:
 
 
 @app.command()
+def sync(
+    connection: str = typer.Argument(..., help="the connection id (con_...)"),
+    mode: str = typer.Option("auto", help="auto, full or incremental"),
+    entity: list[str] | None = typer.Option(None, "--entity", help="only these entities (repeatable)"),
+    database_url: str | None = DatabaseOption,
+) -> None:
+    """Sync a connection now, in this process, with a progress bar per entity."""
+    from gateway.sdk.connector import Connector
+    from gateway.services.sync import SyncEngine
+
+    if mode not in ("auto", "full", "incremental"):
+        console.print("[red]error:[/red] --mode must be auto, full or incremental")
+        raise typer.Exit(code=1)
+
+    async def work(svc: Services) -> None:
+        tenant_id = await _connection_tenant(svc, connection)
+        connector = await svc.connections.connector_for(tenant_id, connection)
+        if type(connector).fetch is Connector.fetch:
+            console.print(f"[red]error:[/red] the {connector.name()} connector keeps its cache itself: nothing to sync")
+            raise typer.Exit(code=1)
+        engine = SyncEngine(svc.db, connector)
+        readable = engine.entities()
+        for name in entity or []:
+            if name not in readable:
+                console.print(f"[red]error:[/red] {connector.name()} cannot read {name!r}; it reads {', '.join(readable)}")
+                raise typer.Exit(code=1)
+        with Progress(TextColumn("[progress.description]{task.description}"), TextColumn("{task.fields[counts]}"),
+                      TimeElapsedColumn(), console=console) as progress:
+            for name in [e for e in readable if not entity or e in entity]:
+                task = progress.add_task(name, total=None, counts="")
+
+                def show(result: Any, task: Any = task) -> None:
+                    progress.update(task, counts=f"{result.pages} pages, {result.seen} seen, {result.created} new, "
+                                                 f"{result.updated} changed")
+
+                result = await engine.run(name, mode=mode, on_page=show)
+                progress.update(task, counts=f"{result.mode}: {result.seen} seen, {result.created} new, "
+                                             f"{result.updated} changed, {result.unchanged} unchanged, "
+                                             f"{result.deleted} deleted")
+
+    _run(_with_services(_settings(database_url), work))
+
+
+@app.command()
 def sandbox(
     name: str = typer.Argument(..., help="the vendor, e.g. apex"),
     host: str = typer.Option("127.0.0.1", help="interface to bind"),

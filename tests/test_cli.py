@@ -123,3 +123,13 @@ def test_import_rejects_a_file_of_the_wrong_shape(cli_env, tmp_path):
 def test_sandbox_names_the_installed_ones_when_asked_for_another(cli_env):
     result = CliRunner().invoke(app, ["sandbox", "nope"])
     assert result.exit_code == 1 and "installed: apex" in result.output
+
+
+def test_sync_refuses_a_connection_that_keeps_its_own_cache(cli_env):
+    run("migrate")
+    run("demo")
+    listing = run("connections", "list", "--tenant", "demo")
+    connection = next(word for word in listing.split() if word.startswith("con_"))
+    result = CliRunner().invoke(app, ["sync", connection])
+    assert result.exit_code == 1 and "nothing to sync" in result.output
+    assert CliRunner().invoke(app, ["sync", connection, "--mode", "sideways"]).exit_code == 1

@@ -20,6 +20,7 @@ Every run leaves a ``sync_runs`` row and emits ``connection.sync_completed`` or
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -101,11 +102,13 @@ class SyncEngine:
             .values(updated_at=jsonutil.utcnow(), **values)
         )
 
-    async def run(self, entity: str, *, mode: str = "auto") -> RunResult:
+    async def run(self, entity: str, *, mode: str = "auto",
+                  on_page: Callable[[RunResult], None] | None = None) -> RunResult:
         """Sync one entity.
 
         Args:
             mode: ``full``, ``incremental``, or ``auto`` (full until one full run succeeded).
+            on_page: called with the running counts after each committed page (progress bars).
 
         Raises:
             whatever the connector raises (after the run is recorded as failed and
@@ -167,6 +170,8 @@ class SyncEngine:
                         checkpoint=None if page.checkpoint is None else jsonutil.dumps(page.checkpoint).decode(),
                     )
                     await self._save_run(uow, result)
+                if on_page is not None:
+                    on_page(result)
             if sweep:
                 result.deleted = await self._sweep(entity, seen)
         except Exception as exc:
