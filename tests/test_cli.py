@@ -127,9 +127,8 @@ def test_sandbox_names_the_installed_ones_when_asked_for_another(cli_env):
 
 def test_sync_refuses_a_connection_that_keeps_its_own_cache(cli_env):
     run("migrate")
-    run("demo")
-    listing = run("connections", "list", "--tenant", "demo")
-    connection = next(word for word in listing.split() if word.startswith("con_"))
+    output = run("demo")  # "... local connection con_... (Demo shop)"
+    connection = next(word for word in output.split() if word.startswith("con_"))
     result = CliRunner().invoke(app, ["sync", connection])
     assert result.exit_code == 1 and "nothing to sync" in result.output
     assert CliRunner().invoke(app, ["sync", connection, "--mode", "sideways"]).exit_code == 1
