@@ -1,1 +1,5 @@
-"""The Apex POS connector (vendor-docs/apex-pos-api.txt). ``connectors.apex.sandbox``: the fake Apex server."""
+"""The Apex POS connector (``X-API-Key``, integer ids, float money, page/limit lists)."""
+
+from connectors.apex.connector import ApexConnector
+
+__all__ = ["ApexConnector"]
