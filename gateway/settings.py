@@ -31,6 +31,7 @@ class Settings(BaseSettings):
             revocation reaches other processes within this time.
         idempotency_ttl_hours: how long ``Idempotency-Key`` responses are kept (at least 24).
         read_cache_size: SQLite read results kept in memory until the next commit (0: off).
+        scheduler_interval_seconds: how often the embedded worker looks for due polls and sweeps.
         log_level: Python logging level name.
     """
 
@@ -44,6 +45,7 @@ class Settings(BaseSettings):
     api_key_cache_seconds: float = 5.0
     idempotency_ttl_hours: int = 24
     read_cache_size: int = Field(default=512, ge=0)
+    scheduler_interval_seconds: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
 
     @field_validator("secret_keys", mode="before")

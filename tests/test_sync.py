@@ -3,6 +3,7 @@ that write nothing, incremental reads with a lookback, and a crashed backfill th
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -154,7 +155,7 @@ async def test_sync_api_queues_jobs_that_the_embedded_worker_runs(db, tenant):
         con = (await http.post("/v1/connections", json={"connector": "fake", "name": "v"})).json()["id"]
         queued = await http.post(f"/v1/connections/{con}/sync", json={"mode": "full"})
         assert queued.status_code == 202, queued.text
-        assert [job["entity"] for job in queued.json()["jobs"]] == ["products"]
+        assert [job["entities"] for job in queued.json()["jobs"]] == [["products"]]
         await services.dispatcher.drain()
         state = (await http.get(f"/v1/connections/{con}/sync")).json()
         products = state["entities"]["products"]
@@ -209,3 +210,28 @@ async def test_scheduler_queues_due_polls_once_and_skips_local_connections(db, t
                                    .values(last_started_at=utcnow() - timedelta(seconds=61)))
         assert await schedule_polls(services) == 1
         await services.dispatcher.drain()
+
+
+async def test_a_serving_app_polls_due_connections_by_itself(db, tenant):
+    """Embedded mode end to end: nothing calls the scheduler; the app's own worker polls the
+    connection, syncs it, and records the run."""
+    import base64
+
+    from gateway.api.app import create_app
+    from gateway.api.deps import Services
+    from gateway.settings import Settings
+
+    FakeConnector.vendor = FakeVendor(5)
+    settings = Settings(database_url=db.url, secret_keys=[base64.urlsafe_b64encode(os.urandom(32)).decode()],
+                        scheduler_interval_seconds=0.05)
+    services = Services.build(settings, db=db, registry=ConnectorRegistry([FakeConnector]))
+    connection = await services.connections.create(tenant[0], ConnectionCreate(connector="fake", name="polled"))
+    app = create_app(settings, services=services)
+    async with app.router.lifespan_context(app):
+        for _ in range(200):
+            state = (await sync_states(db, connection["id"])).get("products")
+            if state and state["status"] == "idle" and state["records"] == 5:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"the embedded scheduler never synced the connection: {state}")

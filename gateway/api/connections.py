@@ -81,7 +81,9 @@ def _reads_from_vendor(connector) -> bool:  # type: ignore[no-untyped-def]
 
 
 async def start_sync(request: Request) -> Response:
-    """``POST /v1/connections/{connection_id}/sync``: queue a sync job per entity (202)."""
+    """``POST /v1/connections/{connection_id}/sync``: queue one sync job for the entities, run in
+    dependency order (202). While a sync of the connection is queued or running, that job is
+    returned with ``already_queued`` true."""
     tenant_id = await authenticate(request)
     raw = await read_body(request)
     body = parse_model(raw, SyncRequest, request.headers.get("content-type"), optional=True)
@@ -99,13 +101,12 @@ async def start_sync(request: Request) -> Response:
                                         "type": "unsupported_entity"}])
     if svc.dispatcher is None:
         raise VendorUnavailable("this process runs no job dispatcher", vendor=connector.name(), retryable=True)
-    queued = []
-    for entity in (e for e in readable if e in wanted):
-        job_id, created = await svc.dispatcher.submit(
-            "sync", {"connection_id": connector.context.id, "entity": entity, "mode": body.mode},
-            tenant_id=tenant_id, dedupe_key=sync_dedupe_key(connector.context.id, entity))
-        queued.append({"entity": entity, "job_id": job_id, "already_queued": not created})
-    return json_response({"connection_id": connector.context.id, "mode": body.mode, "jobs": queued}, 202)
+    entities = [e for e in readable if e in wanted]
+    job_id, created = await svc.dispatcher.submit(
+        "sync", {"connection_id": connector.context.id, "entities": entities, "mode": body.mode},
+        tenant_id=tenant_id, dedupe_key=sync_dedupe_key(connector.context.id))
+    job = {"job_id": job_id, "entities": entities, "already_queued": not created}
+    return json_response({"connection_id": connector.context.id, "mode": body.mode, "jobs": [job]}, 202)
 
 
 async def sync_status(request: Request) -> Response:

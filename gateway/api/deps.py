@@ -74,11 +74,12 @@ class Services:
         else:
             from gateway.workers.scheduler import schedule_polls
 
-            async def schedule() -> None:
-                await schedule_polls(self)
+            async def schedule() -> int:
+                return await schedule_polls(self)
 
             self.dispatcher = InProcessDispatcher(self.db, WorkerContext(db=self.db, services=self),
-                                                  periodic=[schedule])
+                                                  periodic=[schedule],
+                                                  sweep_every=self.settings.scheduler_interval_seconds)
             await self.dispatcher.start()
 
     async def stop_dispatcher(self) -> None:

@@ -170,10 +170,12 @@ class InProcessDispatcher(Dispatcher):
 
     async def _sweeper(self) -> None:
         while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("sweep failed")
+            for step in (*self.periodic, self.sweep):
+                try:
+                    outcome = await step()
+                    log.debug("periodic step %s: %s", getattr(step, "__name__", step), outcome)
+                except Exception:
+                    log.exception("periodic step %s failed", getattr(step, "__name__", step))
             await asyncio.sleep(self.sweep_every)
 
     async def start(self) -> None:

@@ -2,8 +2,8 @@
 
 A poll is due when the entity has never started a sync, or its last start is at least the
 connection's ``poll_interval_seconds`` setting ago (default :data:`DEFAULT_POLL_SECONDS`).
-Jobs carry the dedupe key ``sync:<connection>:<entity>``, so schedulers running in several
-processes at once queue each poll once. Connectors that keep their cache themselves (no
+One job per connection covers its due entities (in dependency order); jobs carry the dedupe key
+``sync:<connection>``, so schedulers running in several processes at once queue each poll once. Connectors that keep their cache themselves (no
 ``fetch``, such as ``local``) are never polled.
 """
 
@@ -51,15 +51,17 @@ async def schedule_polls(services: Any) -> int:
             continue
         interval = jsonutil.loads(row.settings).get("poll_interval_seconds", DEFAULT_POLL_SECONDS)
         capabilities = cls.manifest.get("capabilities", {})
+        due = []
         for entity in ENTITY_ORDER:
             if not capabilities.get(entity, {}).get("read"):
                 continue
             last = started.get((row.id, entity))
-            if last is not None and (now - last).total_seconds() < interval:
-                continue
+            if last is None or (now - last).total_seconds() >= interval:
+                due.append(entity)
+        if due:
             _, new = await dispatcher.submit(
-                "sync", {"connection_id": row.id, "entity": entity, "mode": "auto"},
-                tenant_id=row.tenant_id, dedupe_key=sync_dedupe_key(row.id, entity),
+                "sync", {"connection_id": row.id, "entities": due, "mode": "auto"},
+                tenant_id=row.tenant_id, dedupe_key=sync_dedupe_key(row.id),
             )
             created += new
     return created

@@ -1,24 +1,30 @@
 """The gateway's job kinds (registered on :data:`gateway.workers.dispatch.REGISTRY` on import).
 
-``sync``: payload ``{"connection_id", "entity", "mode"}``; runs :class:`SyncEngine`. A retryable
-vendor failure is retried after the vendor's ``Retry-After`` when it gave one (else backoff);
-the sync's checkpoint makes the retry continue where the run stopped.
+``sync``: payload ``{"connection_id", "entities", "mode"}``; runs :class:`SyncEngine` over the
+entities in dependency order (locations and categories before products, products and customers
+before inventory and orders), one job per connection so they never run out of order. It stops
+at the first failure; a retryable vendor failure is retried after the vendor's ``Retry-After``
+when it gave one (else backoff). On retry the finished entities re-run as cheap hash-diffed
+polls and the failed one resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
 from gateway.errors import VendorError
-from gateway.services.sync import SyncEngine
+from gateway.services.sync import ENTITY_ORDER, SyncEngine
 from gateway.workers.dispatch import REGISTRY, RetryLater, WorkerContext
 from gateway.workers.jobs import Job, backoff
 
 
 @REGISTRY.register("sync")
 async def run_sync(ctx: WorkerContext, job: Job) -> None:
-    """Sync one entity of one connection."""
+    """Sync the listed entities of one connection, in dependency order."""
     connector = await ctx.services.connections.connector_for(job.tenant_id, job.payload["connection_id"])
+    engine = SyncEngine(ctx.db, connector)
+    wanted = set(job.payload["entities"])
     try:
-        await SyncEngine(ctx.db, connector).run(job.payload["entity"], mode=job.payload.get("mode", "auto"))
+        for entity in [e for e in ENTITY_ORDER if e in wanted]:
+            await engine.run(entity, mode=job.payload.get("mode", "auto"))
     except VendorError as exc:
         if not exc.retryable:
             raise
@@ -26,6 +32,6 @@ async def run_sync(ctx: WorkerContext, job: Job) -> None:
         raise RetryLater(exc.detail, float(retry_after) if retry_after else backoff(job.attempts)) from exc
 
 
-def sync_dedupe_key(connection_id: str, entity: str) -> str:
-    """One queued or running sync per connection and entity, across every process."""
-    return f"sync:{connection_id}:{entity}"
+def sync_dedupe_key(connection_id: str) -> str:
+    """One queued or running sync per connection, across every process."""
+    return f"sync:{connection_id}"
