@@ -310,3 +310,45 @@ async def test_concurrent_deltas_on_one_stock_row_both_land(make_env) -> None:
         await connector.create_adjustment(AdjustmentCreate(product_id=product["id"], location_id=location["id"],
                                                            delta="-8", reason="sale"))
     assert info.value.code == "insufficient_stock" and env.store.products[2].stock[0] == 7
+
+
+async def test_breaker_opens_and_closes_and_the_connection_says_so(db, tenant):
+    """A vendor answering 503 opens the connection's breaker: `connection.unhealthy` once and the
+    connection's status; after the reset timeout a good call closes it: `connection.recovered`."""
+    from gateway.errors import VendorError
+
+    app = create_app(products=3, customers=1, invoices=0, seed=7)
+
+    class Flaky(connector_for_app(app)):  # type: ignore[misc,valid-type]
+        client_overrides: ClassVar[dict[str, Any]] = {
+            **connector_for_app(app).client_overrides,
+            "retry": RetryPolicy(attempts=1, max_total=1, backoff=0.001, backoff_max=0.001, jitter=0),
+            "breaker": BreakerPolicy(threshold=2, reset_timeout=0.2),
+        }
+
+    env = Env(db, tenant[0], app)
+    env.service = ConnectionService(db, ConnectorRegistry([Flaky], load_entry_points=False),
+                                    CredentialCipher([os.urandom(32)]))
+    await env.connect()
+    assert (await env.admin("POST", "/_sandbox/faults", json={"error_rate": 1.0})).status_code == 200
+    for _ in range(4):  # two failures open the circuit; the next calls fail fast
+        with pytest.raises(VendorError):
+            await (await env.connector()).check()
+    await asyncio.sleep(0.05)  # let the background recording commit
+
+    async def seen(kind: str) -> list[Any]:
+        async with db.read() as conn:
+            return (await conn.execute(select(t.events.c.type).where(
+                t.events.c.connection_id == env.connection_id, t.events.c.type == kind))).all()
+
+    async def status() -> str:
+        async with db.read() as conn:
+            return (await conn.execute(select(t.connections.c.status).where(
+                t.connections.c.id == env.connection_id))).scalar_one()
+
+    assert len(await seen("connection.unhealthy")) == 1 and await status() == "unhealthy"
+    assert (await env.admin("DELETE", "/_sandbox/faults")).status_code == 200
+    await asyncio.sleep(0.25)  # past the reset timeout: the next call is the trial
+    await (await env.connector()).check()
+    await asyncio.sleep(0.05)
+    assert len(await seen("connection.recovered")) == 1 and await status() == "active"

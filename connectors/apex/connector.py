@@ -86,6 +86,7 @@ class ApexConnector(Connector):
             "auth": ApiKeyHeader("X-API-Key", str(self.context.credentials.get("api_key") or "apx_missing")),
             "rate_limit": self.manifest.get("rate_limit"),
             "connection_id": self.context.id,
+            "on_health_change": self.health_changed,
             "timeout": 30.0,
             "headers": {"Accept": "application/json"},
         }

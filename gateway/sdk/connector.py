@@ -9,6 +9,7 @@ answers 422 ``operation_not_supported``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,7 +17,11 @@ from datetime import datetime
 from importlib import resources
 from typing import Any, ClassVar
 
+from sqlalchemy import update
+
 from gateway.errors import OperationNotSupported
+from gateway.jsonutil import utcnow
+from gateway.storage import tables as t
 from gateway.storage.db import Database
 from gateway.storage.uow import UnitOfWork
 
@@ -42,6 +47,10 @@ class Page:
 
     records: list[RemoteRecord]
     checkpoint: dict[str, Any] | None
+
+
+#: Health recordings in flight (kept referenced until done).
+_BACKGROUND: set[asyncio.Task[None]] = set()
 
 
 def load_manifest(package: str) -> dict[str, Any]:
@@ -99,6 +108,25 @@ class Connector:
 
     async def setup(self, uow: UnitOfWork) -> None:
         """Called in the transaction that creates the connection (e.g. to create defaults)."""
+
+    def health_changed(self, change: str, client: Any = None) -> None:
+        """A :class:`~gateway.sdk.http.VendorClient` callback: the connection's circuit breaker
+        opened (``"unhealthy"``) or closed again (``"recovered"``). Records it in the background:
+        the connection's ``status`` and a ``connection.unhealthy|recovered`` event."""
+        task = asyncio.get_running_loop().create_task(self._record_health(change))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    async def _record_health(self, change: str) -> None:
+        status = "unhealthy" if change == "unhealthy" else "active"
+        async with self.db.transaction(self.context.tenant_id) as uow:
+            await uow.conn.execute(
+                update(t.connections)
+                .where(t.connections.c.id == self.context.id, t.connections.c.deleted_at.is_(None))
+                .values(status=status, updated_at=utcnow())
+            )
+            uow.emit(f"connection.{change}", self.context.id,
+                     {"connection_id": self.context.id, "connector": self.name(), "status": status}, ["status"])
 
     async def health(self) -> dict[str, Any]:
         """A live check of the vendor: ``{"status": "ok"|"unhealthy", "latency_ms": ..., ...}``."""

@@ -173,6 +173,61 @@ class HealthCounters:
     transitions: list[str] = field(default_factory=list)
 
 
+class SharedCircuits:
+    """What must outlive one client, per process: a circuit breaker and a rate limiter per
+    connection, and the breaker's health transitions.
+
+    Connectors make a :class:`VendorClient` per operation; without this, every request would
+    start with a closed breaker and a full bucket. One listener on the shared breaker factory
+    turns state changes into one ``on_health_change`` call per transition (not one per client).
+    """
+
+    def __init__(self) -> None:
+        self._factory: AsyncCircuitBreakerFactory | None = None
+        self.limiters: dict[tuple[str, int, float], AsyncLimiter] = {}
+        self.transitions: dict[str, list[str]] = {}
+        self.callbacks: dict[str, Callable[[str], Any]] = {}
+
+    def factory(self) -> AsyncCircuitBreakerFactory:
+        """The process's breaker factory (breakers keyed by circuit name)."""
+        if self._factory is None:
+            self._factory = AsyncCircuitBreakerFactory()
+            self._factory.add_listener(self._event)
+        return self._factory
+
+    def limiter(self, circuit: str, rate_limit: Mapping[str, Any]) -> AsyncLimiter:
+        """The circuit's token bucket for ``{"requests": N, "per_seconds": S}``."""
+        key = (circuit, int(rate_limit["requests"]), float(rate_limit["per_seconds"]))
+        if key not in self.limiters:
+            self.limiters[key] = AsyncLimiter(key[1], key[2])
+        return self.limiters[key]
+
+    def _event(self, name: str, event_type: str, event: Any) -> None:
+        if event_type != "state_changed":
+            return
+        seen = self.transitions.setdefault(name, [])
+        change = _health_change(seen[-1] if seen else "closed", event.state)
+        seen.append(event.state)
+        del seen[:-20]
+        if change:
+            log.warning("%s: connection %s", name, change)
+            callback = self.callbacks.get(name)
+            if callback is not None:
+                callback(change)
+
+
+def _health_change(previous: str, state: str) -> str | None:
+    if state == "opened" and previous != "half-opened":
+        return "unhealthy"
+    if state == "closed" and previous == "half-opened":
+        return "recovered"
+    return None
+
+
+#: Breakers and limiters of real connections (clients given a ``connection_id``) in this process.
+SHARED = SharedCircuits()
+
+
 class VendorClient:
     """One connection's HTTP client: rate limit, circuit breaker, retries, error mapping.
 
@@ -189,8 +244,9 @@ class VendorClient:
             opens, or closes again after being open.
         sleep: the coroutine used for retry waits (tests pass a recorder).
         transport, headers: passed to :class:`httpx.AsyncClient`.
-        breaker_factory: a shared ``purgatory.AsyncCircuitBreakerFactory`` (e.g. Redis-backed);
-            by default each client has its own in-memory one.
+        breaker_factory: a ``purgatory.AsyncCircuitBreakerFactory`` (e.g. Redis-backed). By
+            default a client with a ``connection_id`` uses the process-wide :data:`SHARED`
+            breaker and rate limiter of that connection; one without gets private ones.
     """
 
     def __init__(
@@ -222,12 +278,19 @@ class VendorClient:
             base_url=base_url, auth=auth, timeout=timeout, transport=transport, headers=headers
         )
         self.limiter: AsyncLimiter | None = None
+        shared = connection_id is not None and breaker_factory is None
         if rate_limit:
-            self.limiter = AsyncLimiter(rate_limit["requests"], rate_limit["per_seconds"])
-        self._breakers = breaker_factory or AsyncCircuitBreakerFactory(
-            default_threshold=self.breaker_policy.threshold, default_ttl=self.breaker_policy.reset_timeout
-        )
-        self._breakers.add_listener(self._breaker_event)
+            self.limiter = (SHARED.limiter(self.circuit, rate_limit) if shared
+                            else AsyncLimiter(rate_limit["requests"], rate_limit["per_seconds"]))
+        if shared:  # the connection's breaker and health outlive this client (see SharedCircuits)
+            self._breakers = SHARED.factory()
+            if on_health_change is not None:
+                SHARED.callbacks[self.circuit] = lambda change: on_health_change(change, self)
+        else:
+            self._breakers = breaker_factory or AsyncCircuitBreakerFactory(
+                default_threshold=self.breaker_policy.threshold, default_ttl=self.breaker_policy.reset_timeout
+            )
+            self._breakers.add_listener(self._breaker_event)
         self._breaker: Any = None
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -393,11 +456,7 @@ class VendorClient:
             return
         previous = self.health_counters.transitions[-1] if self.health_counters.transitions else "closed"
         self.health_counters.transitions.append(event.state)
-        change = None
-        if event.state == "opened" and previous != "half-opened":
-            change = "unhealthy"
-        elif event.state == "closed" and previous == "half-opened":
-            change = "recovered"
+        change = _health_change(previous, event.state)
         if change:
             log.warning("%s: connection %s", self.circuit, change)
             if self._on_health_change is not None:
