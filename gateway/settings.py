@@ -32,6 +32,9 @@ class Settings(BaseSettings):
         idempotency_ttl_hours: how long ``Idempotency-Key`` responses are kept (at least 24).
         read_cache_size: SQLite read results kept in memory until the next commit (0: off).
         scheduler_interval_seconds: how often the embedded worker looks for due polls and sweeps.
+        queue_name: the arq queue on Redis (scale-out mode).
+        job_lease_seconds: how long a running job is its worker's; after that (the worker died)
+            another worker may take it over.
         log_level: Python logging level name.
     """
 
@@ -46,6 +49,8 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: int = 24
     read_cache_size: int = Field(default=512, ge=0)
     scheduler_interval_seconds: float = Field(default=5.0, gt=0)
+    queue_name: str = "tillgate:jobs"
+    job_lease_seconds: float = Field(default=300.0, gt=0)
     log_level: str = "INFO"
 
     @field_validator("secret_keys", mode="before")

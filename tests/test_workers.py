@@ -97,7 +97,7 @@ async def test_a_dead_workers_job_is_taken_over_after_its_lease(db):
     job_id, _ = await jobs.enqueue(db, "record", {"value": "orphan"})
     assert await jobs.claim(db, job_id) is not None  # a worker took it, then died
     dispatcher = InProcessDispatcher(db, ctx, sweep_every=3600)
-    assert job_id not in await jobs.due(db)  # the lease is still live
+    assert job_id not in [due_id for due_id, _ in await jobs.due(db)]  # the lease is still live
     async with db.transaction() as uow:
         await uow.conn.execute(update(t.jobs).where(t.jobs.c.id == job_id)
                                .values(lease_until=utcnow() - timedelta(seconds=1)))
@@ -159,7 +159,7 @@ async def test_arq_worker_runs_jobs_and_the_sweeper_recovers_a_flushed_redis(sql
     ctx = WorkerContext(db=db, registry=registry_with(runs), dispatcher=dispatcher)
     try:
         first = [(await dispatcher.submit("record", {"value": f"a{n}"}))[0] for n in range(3)]
-        await dispatcher.notify(first[0])  # a second ring of a queued job is refused by arq: no duplicate
+        await dispatcher.notify(first[0])  # a second ring of the same version is refused by arq: no duplicate
         await run_burst_worker(ctx, queue)
         assert sorted(runs) == ["a0", "a1", "a2"]
         assert {(await jobs.get(db, job_id))["status"] for job_id in first} == {"done"}
@@ -192,3 +192,24 @@ async def test_serve_runs_jobs_in_process_without_redis(services):
         await dispatcher.drain()
         assert (await jobs.get(services.db, job_id))["status"] == "done"
     assert services.dispatcher is None and runs.count("embedded") == 1
+
+
+async def test_a_long_job_keeps_its_lease_and_is_not_taken_over(db):
+    """The heartbeat renews the lease while the handler runs, so a sweep never hands a live job
+    to a second worker, however long it takes."""
+    registry = JobRegistry()
+    started: list[int] = []
+
+    @registry.register("slow")
+    async def slow(ctx: WorkerContext, job: jobs.Job) -> None:
+        started.append(job.attempts)
+        await asyncio.sleep(0.5)  # five lease lengths
+
+    ctx = WorkerContext(db=db, registry=registry, lease_seconds=0.1)
+    job_id, _ = await jobs.enqueue(db, "slow", {})
+    run = asyncio.create_task(execute(ctx, job_id))
+    for _ in range(8):
+        await asyncio.sleep(0.06)
+        assert job_id not in [due_id for due_id, _ in await jobs.due(db)]
+        assert await execute(ctx, job_id) is None  # a second delivery cannot take it
+    assert await run == "done" and started == [1]

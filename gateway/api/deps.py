@@ -66,18 +66,19 @@ class Services:
             from arq import create_pool
             from arq.connections import RedisSettings
 
-            from gateway.workers.arq_app import QUEUE_NAME, deserialize, serialize
+            from gateway.workers.arq_app import deserialize, serialize
 
             pool = await create_pool(RedisSettings.from_dsn(self.settings.redis_url), job_serializer=serialize,
                                      job_deserializer=deserialize)
-            self.dispatcher = ArqDispatcher(self.db, pool, queue_name=QUEUE_NAME)
+            self.dispatcher = ArqDispatcher(self.db, pool, queue_name=self.settings.queue_name)
         else:
             from gateway.workers.scheduler import schedule_polls
 
             async def schedule() -> int:
                 return await schedule_polls(self)
 
-            self.dispatcher = InProcessDispatcher(self.db, WorkerContext(db=self.db, services=self),
+            ctx = WorkerContext(db=self.db, services=self, lease_seconds=self.settings.job_lease_seconds)
+            self.dispatcher = InProcessDispatcher(self.db, ctx,
                                                   periodic=[schedule],
                                                   sweep_every=self.settings.scheduler_interval_seconds)
             await self.dispatcher.start()

@@ -53,10 +53,12 @@ async def startup(ctx: dict[str, Any]) -> None:
     from gateway.api.deps import Services
     from gateway.settings import get_settings
 
-    services = Services.build(get_settings())
-    services.dispatcher = ArqDispatcher(services.db, ctx["redis"], queue_name=QUEUE_NAME)
+    settings = get_settings()
+    services = Services.build(settings)
+    services.dispatcher = ArqDispatcher(services.db, ctx["redis"], queue_name=settings.queue_name)
     ctx["tillgate_services"] = services
-    ctx["tillgate"] = WorkerContext(db=services.db, services=services, dispatcher=services.dispatcher)
+    ctx["tillgate"] = WorkerContext(db=services.db, services=services, dispatcher=services.dispatcher,
+                                    lease_seconds=settings.job_lease_seconds)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -66,7 +68,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await services.db.dispose()
 
 
-def worker_options(redis_url: str) -> dict[str, Any]:
+def worker_options(redis_url: str, queue_name: str = QUEUE_NAME) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` (shared by the CLI and the tests)."""
     return {
         "functions": [func(run_job, name="run_job", keep_result=0, max_tries=1000)],
@@ -75,10 +77,13 @@ def worker_options(redis_url: str) -> dict[str, Any]:
             cron(sweep, name="sweep", second=set(range(0, 60, 10)), run_at_startup=True, keep_result=0),
         ],
         "redis_settings": RedisSettings.from_dsn(redis_url),
-        "queue_name": QUEUE_NAME,
+        "queue_name": queue_name,
         "on_startup": startup,
         "on_shutdown": shutdown,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "keep_result": 0,
+        # Liveness is the job row's lease (renewed by a heartbeat), not arq's timeout: a long
+        # backfill must not be cancelled halfway.
+        "job_timeout": 6 * 3600,
     }

@@ -1,7 +1,7 @@
 """Running jobs: the job-kind registry, :func:`execute`, and the dispatchers.
 
 ``execute(job_id)`` is the one job function: claim the row (a no-op for a duplicate delivery),
-run the kind's handler, then complete or fail it. Handlers must be idempotent (delivery is at
+run the kind's handler while a heartbeat renews the lease, then complete or fail it. Handlers must be idempotent (delivery is at
 least once). A handler asks for a specific delay by raising :class:`RetryLater` (for a vendor's
 ``Retry-After``); any other exception is a failed attempt with backoff.
 
@@ -95,6 +95,7 @@ async def execute(ctx: WorkerContext, job_id: str) -> str | None:
     if handler is None:
         return await jobs.fail(ctx.db, Job(**{**job.__dict__, "attempts": job.max_attempts}),
                                f"no handler for job kind {job.kind!r}")
+    heartbeat = asyncio.create_task(_heartbeat(ctx, job))
     try:
         await handler(ctx, job)
     except RetryLater as exc:
@@ -102,8 +103,25 @@ async def execute(ctx: WorkerContext, job_id: str) -> str | None:
     except Exception as exc:
         log.exception("job %s (%s) attempt %d failed", job.id, job.kind, job.attempts)
         return await jobs.fail(ctx.db, job, f"{exc.__class__.__name__}: {exc}")
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
     await jobs.complete(ctx.db, job)
     return "done"
+
+
+async def _heartbeat(ctx: WorkerContext, job: Job) -> None:
+    """Keep a running job's lease alive: renew every third of the lease while the handler runs.
+    A worker that dies stops renewing, and the job is free for another after the lease lapses."""
+    while True:
+        await asyncio.sleep(ctx.lease_seconds / 3)
+        try:
+            if not await jobs.renew(ctx.db, job, lease_seconds=ctx.lease_seconds):
+                log.warning("job %s: lease lost; another worker may run it", job.id)
+                return
+        except Exception:
+            log.exception("job %s: could not renew its lease", job.id)
 
 
 class Dispatcher:
@@ -112,8 +130,9 @@ class Dispatcher:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def notify(self, job_id: str, *, delay: float | None = None) -> None:
-        """Have ``job_id`` looked at (after ``delay`` seconds)."""
+    async def notify(self, job_id: str, *, delay: float | None = None, generation: str = "0") -> None:
+        """Have ``job_id`` looked at (after ``delay`` seconds). ``generation`` is the row's
+        version (:func:`jobs.generation`): the same job at the same version is rung once."""
         raise NotImplementedError
 
     async def submit(self, kind: str, payload: dict[str, Any], **options: Any) -> tuple[str, bool]:
@@ -129,8 +148,8 @@ class Dispatcher:
     async def sweep(self) -> int:
         """Ring every due job again; return how many."""
         due = await jobs.due(self.db)
-        for job_id in due:
-            await self.notify(job_id)
+        for job_id, version in due:
+            await self.notify(job_id, generation=version)
         return len(due)
 
 
@@ -151,7 +170,7 @@ class InProcessDispatcher(Dispatcher):
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
 
-    async def notify(self, job_id: str, *, delay: float | None = None) -> None:
+    async def notify(self, job_id: str, *, delay: float | None = None, generation: str = "0") -> None:
         if delay:
             handle = asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, job_id)
             self._timers.add(handle)
@@ -217,10 +236,13 @@ class ArqDispatcher(Dispatcher):
         self.pool = pool
         self.queue_name = queue_name
 
-    async def notify(self, job_id: str, *, delay: float | None = None) -> None:
-        # _job_id = our id: arq refuses a second copy while one is queued or running, and
-        # keep_result=0 on the worker frees the id as soon as a run ends, for the next attempt.
-        await self.pool.enqueue_job("run_job", job_id, _job_id=job_id, _queue_name=self.queue_name,
+    async def notify(self, job_id: str, *, delay: float | None = None, generation: str = "0") -> None:
+        # arq's _job_id = our id and the row's version: arq refuses a second copy of the same
+        # version while one is queued, so sweeps do not pile up duplicates; a row claimed by a
+        # worker that then died has a new version, so its re-ring is not blocked by the dead
+        # run's in-progress key (kept by arq for job_timeout). Extra deliveries are harmless:
+        # claim() lets one through.
+        await self.pool.enqueue_job("run_job", job_id, _job_id=f"{job_id}:{generation}", _queue_name=self.queue_name,
                                     _defer_by=delay)
 
     async def close(self) -> None:

@@ -126,6 +126,19 @@ async def claim(db: Database, job_id: str, *, lease_seconds: float = 300) -> Job
     return Job(row.id, row.tenant_id, row.kind, jsonutil.loads(row.payload), row.attempts, row.max_attempts)
 
 
+async def renew(db: Database, job: Job, *, lease_seconds: float) -> bool:
+    """Extend a running job's lease (the heartbeat of a live worker); ``False`` if it is no
+    longer this run's (finished, or taken over after the lease lapsed)."""
+    now = jsonutil.utcnow()
+    async with db.transaction() as uow:
+        result = await uow.conn.execute(
+            update(t.jobs)
+            .where(t.jobs.c.id == job.id, t.jobs.c.status == "running", t.jobs.c.attempts == job.attempts)
+            .values(lease_until=now + timedelta(seconds=lease_seconds))
+        )
+    return bool(result.rowcount)
+
+
 async def complete(db: Database, job: Job) -> None:
     """Mark a claimed job done."""
     now = jsonutil.utcnow()
@@ -153,13 +166,19 @@ async def fail(db: Database, job: Job, error: str, *, retry_in: float | None = N
     return status
 
 
-async def due(db: Database, *, limit: int = 500) -> list[str]:
-    """Ids of jobs that should be running now: queued and due, or running with an expired lease."""
+def generation(updated_at: datetime) -> str:
+    """A job row's version for the doorbell: it changes when the row is claimed or failed."""
+    return str(int(updated_at.timestamp() * 1_000_000))
+
+
+async def due(db: Database, *, limit: int = 500) -> list[tuple[str, str]]:
+    """``(id, generation)`` of jobs that should be running now: queued and due, or running with
+    an expired lease (its worker died)."""
     now = jsonutil.utcnow()
     async with db.read() as conn:
         rows = (
             await conn.execute(
-                select(t.jobs.c.id)
+                select(t.jobs.c.id, t.jobs.c.updated_at)
                 .where(
                     or_(
                         and_(t.jobs.c.status == "queued", t.jobs.c.run_after <= now),
@@ -170,7 +189,7 @@ async def due(db: Database, *, limit: int = 500) -> list[str]:
                 .limit(limit)
             )
         ).all()
-    return [row[0] for row in rows]
+    return [(row.id, generation(row.updated_at)) for row in rows]
 
 
 async def get(db: Database, job_id: str) -> dict[str, Any] | None:
