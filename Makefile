@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test bench lint install dev-install migrate clean
+.PHONY: run test bench lint cassettes install dev-install migrate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: dev-install
 
 bench: dev-install
 	$(BIN)/python bench/read_api.py
+
+# Re-record the vendor HTTP cassettes of the conformance suite (cassettes/<connector>/).
+cassettes: dev-install
+	TILLGATE_RECORD_CASSETTES=1 $(BIN)/python -m pytest tests/test_conformance.py -q
 
 lint: dev-install
 	$(BIN)/ruff check gateway connectors tests bench

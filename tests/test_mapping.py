@@ -8,6 +8,7 @@ parsed with the standard ``json`` module so vendor numbers arrive as floats, as 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -230,6 +231,11 @@ def test_ids_and_refs() -> None:
     with pytest.raises(ValueError, match=r"context\.resolve"):
         run("id_ref", 2, {"entity": "categories"})
     assert run("composite_id", {"a": 1, "b": "x"}, {"parts": ["a", "b"]}) == "1:x"
+    # With a prefix: a stable gateway-style id (the same parts give the same id, always).
+    line = run("composite_id", {"a": 1, "b": "x"}, {"parts": ["a", "b"], "prefix": "line"})
+    assert re.fullmatch(r"line_[0-9a-hjkmnp-tv-z]{26}", line)
+    assert line == run("composite_id", {"a": 1, "b": "x"}, {"parts": ["a", "b"], "prefix": "line"})
+    assert line != run("composite_id", {"a": 1, "b": "y"}, {"parts": ["a", "b"], "prefix": "line"})
 
 
 def test_strings_bools_translations() -> None:
@@ -442,8 +448,8 @@ def test_apex_invoice(apex: dict[str, Any]) -> None:
         "number": "1084", "status": "completed", "payment_status": "paid", "customer_id": "cus_5",
         "location_id": None, "currency": "SAR",
         "lines": [
-            {"id": "1084-0", "product_id": "prod_1", **line, "quantity": Decimal("2"), "unit_price": Decimal("3.50"), "total": Decimal("7.00")},
-            {"id": "1084-1", "product_id": "prod_3", **line, "quantity": Decimal("1"), "unit_price": Decimal("12.00"), "total": Decimal("12.00")},
+            {"id": "line_t4s55rx7k391tf9nc6t73fwgs0", "product_id": "prod_1", **line, "quantity": Decimal("2"), "unit_price": Decimal("3.50"), "total": Decimal("7.00")},
+            {"id": "line_2av7yegjkmhmprma8736s3y958", "product_id": "prod_3", **line, "quantity": Decimal("1"), "unit_price": Decimal("12.00"), "total": Decimal("12.00")},
         ],
         "subtotal": Decimal("19.00"), "discount_total": Decimal("0"), "tax_total": Decimal("0"), "total": Decimal("19.00"),
         "payments": [{"method": "card", "amount": Decimal("19.00"), "reference": None}],

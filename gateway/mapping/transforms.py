@@ -20,7 +20,9 @@ Conventions:
 
 from __future__ import annotations
 
+import base64
 import decimal
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -469,11 +471,17 @@ def t_remote_ref(value: Any, args: Mapping[str, Any], context: MappingContext) -
     return _to_int(found, "an integer id") if args.get("integer") else found
 
 
+_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz")
+
+
 def t_composite_id(value: Any, args: Mapping[str, Any], context: MappingContext) -> str:
     """Join several parts of the value into one id: ``parts: [product_id, warehouse_id]`` → ``"1:1"``.
 
     For records the vendor identifies by a pair (stock rows) or not at all (invoice lines:
     ``[$root.id, $index]``). ``separator`` defaults to ``":"``; a missing part is an error.
+    With ``prefix`` (e.g. ``line``) the joined key becomes a gateway-style id instead:
+    ``line_`` + 26 Crockford base32 characters of its SHA-256, the same key always giving the
+    same id (stable across re-syncs).
     """
     out = []
     for part in args["parts"]:
@@ -481,7 +489,11 @@ def t_composite_id(value: Any, args: Mapping[str, Any], context: MappingContext)
         if found is MISSING or found is None:
             raise TransformError(f"id part {part} is missing")
         out.append(id_string(found))
-    return args.get("separator", ":").join(out)
+    joined = args.get("separator", ":").join(out)
+    if args.get("prefix"):
+        digest = hashlib.sha256(joined.encode()).digest()[:16]
+        return f"{args['prefix']}_{base64.b32encode(digest)[:26].translate(_CROCKFORD).decode()}"
+    return joined
 
 
 def _check_parts(args: Mapping[str, Any]) -> None:
@@ -610,7 +622,7 @@ TRANSFORMS: dict[str, Transform] = dict([
     _t("id_ref", t_id_ref, args=("missing",), required=("entity",), check=_check_ref),
     _t("id_ref_list", t_id_ref_list, args=("missing",), required=("entity",), nulls=True, check=_check_ref),
     _t("remote_ref", t_remote_ref, args=("missing", "integer"), required=("entity",), check=_check_ref),
-    _t("composite_id", t_composite_id, args=("separator",), required=("parts",), check=_check_parts),
+    _t("composite_id", t_composite_id, args=("separator", "prefix"), required=("parts",), check=_check_parts),
     _t("translations", t_translations, any_args=True, check=_check_translations),
     _t("date", t_date, args=("format", "tz"), check=_check_date),
 ])
