@@ -23,6 +23,9 @@ import pytest
 import schemathesis  # noqa: F401
 import sqlalchemy as sa
 
+from gateway.storage.db import Database
+from gateway.storage.migrate import upgrade
+
 
 @pytest.hookimpl(wrapper=True)
 def pytest_collection(session: pytest.Session):  # type: ignore[no-untyped-def]
@@ -34,8 +37,6 @@ def pytest_collection(session: pytest.Session):  # type: ignore[no-untyped-def]
     finally:
         gc.enable()
 
-from gateway.storage.db import Database
-from gateway.storage.migrate import upgrade
 
 PG_URL = os.environ.get("TILLGATE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
