@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import jsonutil
@@ -59,17 +59,44 @@ FILTERS: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass
 class UpsertResult:
-    """What :func:`upsert` did: ``action`` is ``created``, ``updated``, ``unchanged`` or ``stale``."""
+    """What an upsert did: ``action`` is ``created``, ``updated``, ``unchanged`` or ``stale``.
 
-    action: str
-    record: dict[str, Any]
-    changed: list[str]
+    ``record`` (the stored unified object) is decoded on first use: a sync that finds 100,000
+    records unchanged never parses them.
+    """
+
+    __slots__ = ("_data", "_record", "action", "changed")
+
+    def __init__(self, action: str, record: dict[str, Any] | None = None, changed: list[str] | None = None,
+                 *, data: str | None = None) -> None:
+        self.action = action
+        self.changed = changed or []
+        self._record = record
+        self._data = data
+
+    @property
+    def record(self) -> dict[str, Any]:
+        if self._record is None:
+            self._record = jsonutil.loads(self._data or "{}")
+        return self._record
 
     @property
     def id(self) -> str:
         return self.record["id"]
+
+
+@dataclass
+class UpsertItem:
+    """One record for :func:`upsert_many` (the arguments of :func:`upsert` but ``connection_id``/``entity``)."""
+
+    remote_id: str
+    body: dict[str, Any]
+    raw: Any = None
+    remote_updated_at: datetime | None = None
+    created_at: datetime | None = None
+    record_id: str | None = None
+    event_type: str | None = None
 
 
 def content_hash(body: dict[str, Any]) -> str:
@@ -124,86 +151,121 @@ async def upsert(
     Returns:
         An :class:`UpsertResult`; ``record`` is the stored unified object.
     """
-    body = jsonutil.loads(jsonutil.dumps(body))  # normalise to JSON types (Decimal kept exact)
-    digest = content_hash(body)
-    query = select(t.records).where(
-        t.records.c.connection_id == connection_id,
-        t.records.c.entity == entity,
-        t.records.c.remote_id == remote_id,
-    )
-    if lock and uow.dialect == "postgresql":
-        query = query.with_for_update()
-    existing = (await uow.conn.execute(query)).mappings().first()
-    now = jsonutil.utcnow()
-    raw_text = None if raw is None else jsonutil.dumps(raw).decode()
-    sku = body.get("sku") if entity == "products" else None
-    if existing is None:
-        common = {
-            "id": record_id or new_id(ID_KINDS[entity]),
-            "connection_id": connection_id,
-            "remote_id": remote_id,
-            "created_at": jsonutil.rfc3339(created_at or now),
-            "updated_at": jsonutil.rfc3339(now),
-            "deleted_at": None,
-        }
-        record = render(common, body)
-        await uow.conn.execute(
-            insert(t.records).values(
-                id=common["id"],
-                tenant_id=uow.tenant_id,
-                connection_id=connection_id,
-                entity=entity,
-                remote_id=remote_id,
-                sku=sku,
-                data=jsonutil.dumps(record).decode(),
-                raw=raw_text,
-                content_hash=digest,
-                remote_updated_at=remote_updated_at,
-                created_at=created_at or now,
-                updated_at=now,
-            )
-        )
-        if entity == "products":
-            await _index_skus(uow, connection_id, common["id"], body)
-        changed = sorted(body)
-        uow.emit(_event_type(entity, "created", event_type), connection_id, record, changed)
-        return UpsertResult("created", record, changed)
+    item = UpsertItem(remote_id=remote_id, body=body, raw=raw, remote_updated_at=remote_updated_at,
+                      created_at=created_at, record_id=record_id, event_type=event_type)
+    return (await upsert_many(uow, connection_id=connection_id, entity=entity, items=[item], lock=lock))[0]
 
-    if (
-        remote_updated_at is not None
-        and existing["remote_updated_at"] is not None
-        and remote_updated_at < existing["remote_updated_at"]
-    ):
-        return UpsertResult("stale", jsonutil.loads(existing["data"]), [])
-    previous = jsonutil.loads(existing["data"])
-    if existing["content_hash"] == digest and existing["deleted_at"] is None:
-        if raw_text is not None and raw_text != existing["raw"]:
-            await uow.conn.execute(update(t.records).where(t.records.c.id == existing["id"]).values(raw=raw_text))
-        return UpsertResult("unchanged", previous, [])
-    old_body = _body_of(previous)
-    changed = sorted(key for key in set(body) | set(old_body) if body.get(key) != old_body.get(key))
-    if existing["deleted_at"] is not None:
-        changed.append("deleted_at")
-    common = {**previous, "updated_at": jsonutil.rfc3339(now), "deleted_at": None}
-    record = render(common, body)
-    await uow.conn.execute(
-        update(t.records)
-        .where(t.records.c.id == existing["id"])
-        .values(
-            data=jsonutil.dumps(record).decode(),
-            raw=raw_text if raw_text is not None else existing["raw"],
-            sku=sku,
-            content_hash=digest,
-            remote_updated_at=remote_updated_at or existing["remote_updated_at"],
-            updated_at=now,
-            deleted_at=None,
+
+async def upsert_many(
+    uow: UnitOfWork, *, connection_id: str, entity: str, items: list[UpsertItem], lock: bool = False
+) -> list[UpsertResult]:
+    """Upsert a batch (a sync page) with one read of the stored rows and bulk writes.
+
+    Same rules as :func:`upsert`, item by item and in order (a remote id repeated in the batch
+    sees its earlier occurrence); events are emitted in the items' order.
+    """
+    prepared = []
+    for item in items:
+        body = jsonutil.loads(jsonutil.dumps(item.body))  # normalise to JSON types (Decimal kept exact)
+        prepared.append((item, body, content_hash(body)))
+    stored: dict[str, dict[str, Any]] = {}
+    remote_ids = list(dict.fromkeys(item.remote_id for item in items))
+    for start in range(0, len(remote_ids), 500):
+        query = select(t.records).where(
+            t.records.c.connection_id == connection_id,
+            t.records.c.entity == entity,
+            t.records.c.remote_id.in_(remote_ids[start:start + 500]),
         )
-    )
-    if entity == "products" and (existing["deleted_at"] is not None or {"sku", "variants"} & set(changed)):
-        await _index_skus(uow, connection_id, existing["id"], body)
-    action = "created" if existing["deleted_at"] is not None else "updated"
-    uow.emit(_event_type(entity, action, event_type), connection_id, record, changed)
-    return UpsertResult("updated", record, changed)
+        if lock and uow.dialect == "postgresql":
+            query = query.with_for_update()
+        for row in (await uow.conn.execute(query)).mappings():
+            stored[row["remote_id"]] = dict(row)
+    now = jsonutil.utcnow()
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    raw_updates: list[dict[str, Any]] = []
+    sku_records: dict[str, tuple[dict[str, Any], bool]] = {}
+    results: list[UpsertResult] = []
+    for item, body, digest in prepared:
+        existing = stored.get(item.remote_id)
+        raw_text = None if item.raw is None else jsonutil.dumps(item.raw).decode()
+        sku = body.get("sku") if entity == "products" else None
+        if existing is None:
+            common = {
+                "id": item.record_id or new_id(ID_KINDS[entity]),
+                "connection_id": connection_id,
+                "remote_id": item.remote_id,
+                "created_at": jsonutil.rfc3339(item.created_at or now),
+                "updated_at": jsonutil.rfc3339(now),
+                "deleted_at": None,
+            }
+            record = render(common, body)
+            data = jsonutil.dumps(record).decode()
+            inserts.append({
+                "id": common["id"], "tenant_id": uow.tenant_id, "connection_id": connection_id, "entity": entity,
+                "remote_id": item.remote_id, "sku": sku, "data": data, "raw": raw_text, "content_hash": digest,
+                "remote_updated_at": item.remote_updated_at, "created_at": item.created_at or now,
+                "updated_at": now, "deleted_at": None,
+            })
+            stored[item.remote_id] = {**inserts[-1], "_new": True}
+            if entity == "products":
+                sku_records[common["id"]] = (body, True)
+            changed = sorted(body)
+            uow.emit(_event_type(entity, "created", item.event_type), connection_id, record, changed)
+            results.append(UpsertResult("created", record, changed))
+            continue
+        if (
+            item.remote_updated_at is not None
+            and existing["remote_updated_at"] is not None
+            and item.remote_updated_at < existing["remote_updated_at"]
+        ):
+            results.append(UpsertResult("stale", data=existing["data"]))
+            continue
+        if existing["content_hash"] == digest and existing["deleted_at"] is None:
+            if raw_text is not None and raw_text != existing["raw"]:
+                raw_updates.append({"b_id": existing["id"], "b_raw": raw_text})
+                existing["raw"] = raw_text
+            results.append(UpsertResult("unchanged", data=existing["data"]))
+            continue
+        previous = jsonutil.loads(existing["data"])
+        old_body = _body_of(previous)
+        changed = sorted(key for key in set(body) | set(old_body) if body.get(key) != old_body.get(key))
+        if existing["deleted_at"] is not None:
+            changed.append("deleted_at")
+        common = {**previous, "updated_at": jsonutil.rfc3339(now), "deleted_at": None}
+        record = render(common, body)
+        data = jsonutil.dumps(record).decode()
+        values = {
+            "b_id": existing["id"], "b_data": data, "b_raw": raw_text if raw_text is not None else existing["raw"],
+            "b_sku": sku, "b_hash": digest,
+            "b_remote_updated_at": item.remote_updated_at or existing["remote_updated_at"],
+        }
+        updates.append(values)
+        if entity == "products" and (existing["deleted_at"] is not None or {"sku", "variants"} & set(changed)):
+            sku_records[existing["id"]] = (body, bool(existing.get("_new")))
+        action = "created" if existing["deleted_at"] is not None else "updated"
+        existing.update(data=data, raw=values["b_raw"], content_hash=digest, deleted_at=None,
+                        remote_updated_at=values["b_remote_updated_at"])
+        uow.emit(_event_type(entity, action, item.event_type), connection_id, record, changed)
+        results.append(UpsertResult("updated", record, changed))
+    if inserts:
+        await uow.conn.execute(insert(t.records), inserts)
+    if updates:
+        await uow.conn.execute(
+            update(t.records).where(t.records.c.id == bindparam("b_id")).values(
+                data=bindparam("b_data"), raw=bindparam("b_raw"), sku=bindparam("b_sku"),
+                content_hash=bindparam("b_hash"), remote_updated_at=bindparam("b_remote_updated_at"),
+                updated_at=now, deleted_at=None,
+            ),
+            updates,
+        )
+    if raw_updates:
+        await uow.conn.execute(
+            update(t.records).where(t.records.c.id == bindparam("b_id")).values(raw=bindparam("b_raw")), raw_updates
+        )
+    if sku_records:
+        await _index_skus(uow, connection_id, sku_records)
+    return results
 
 
 async def soft_delete(uow: UnitOfWork, *, connection_id: str, entity: str, record_id: str) -> dict[str, Any] | None:
@@ -236,17 +298,22 @@ async def soft_delete(uow: UnitOfWork, *, connection_id: str, entity: str, recor
     return record
 
 
-async def _index_skus(uow: UnitOfWork, connection_id: str, record_id: str, body: dict[str, Any]) -> None:
-    """Replace a product's rows in ``sku_index`` with its own and its variants' SKUs."""
-    await uow.conn.execute(delete(t.sku_index).where(t.sku_index.c.record_id == record_id))
-    rows = {(body["sku"], "")} if body.get("sku") else set()
-    rows |= {(v["sku"], v["id"]) for v in body.get("variants") or [] if v.get("sku")}
+async def _index_skus(
+    uow: UnitOfWork, connection_id: str, products: dict[str, tuple[dict[str, Any], bool]]
+) -> None:
+    """Replace the ``sku_index`` rows of products (record id → (body, is new)) with their own and
+    their variants' SKUs; a new record has no rows to delete."""
+    old = [record_id for record_id, (_, new) in products.items() if not new]
+    for start in range(0, len(old), 500):
+        await uow.conn.execute(delete(t.sku_index).where(t.sku_index.c.record_id.in_(old[start:start + 500])))
+    rows = []
+    for record_id, (body, _) in products.items():
+        skus = {(body["sku"], "")} if body.get("sku") else set()
+        skus |= {(v["sku"], v["id"]) for v in body.get("variants") or [] if v.get("sku")}
+        rows += [{"connection_id": connection_id, "sku": sku, "record_id": record_id, "variant_id": variant}
+                 for sku, variant in sorted(skus)]
     if rows:
-        await uow.conn.execute(
-            insert(t.sku_index),
-            [{"connection_id": connection_id, "sku": sku, "record_id": record_id, "variant_id": variant}
-             for sku, variant in sorted(rows)],
-        )
+        await uow.conn.execute(insert(t.sku_index), rows)
 
 
 async def find_variant_by_sku(

@@ -148,12 +148,12 @@ class SyncEngine:
         try:
             async for page in self.connector.fetch(entity, since=since, checkpoint=checkpoint):
                 async with self.db.transaction(self.tenant_id) as uow:
-                    for item in page.records:
-                        outcome = await records.upsert(
-                            uow, connection_id=self.connection_id, entity=entity, remote_id=item.remote_id,
-                            body=item.body, raw=item.raw, remote_updated_at=item.remote_updated_at,
-                            created_at=item.created_at,
-                        )
+                    outcomes = await records.upsert_many(uow, connection_id=self.connection_id, entity=entity, items=[
+                        records.UpsertItem(remote_id=item.remote_id, body=item.body, raw=item.raw,
+                                           remote_updated_at=item.remote_updated_at, created_at=item.created_at)
+                        for item in page.records
+                    ])
+                    for item, outcome in zip(page.records, outcomes, strict=True):
                         if outcome.action == "created":
                             result.created += 1
                         elif outcome.action == "updated":
