@@ -307,9 +307,6 @@ class ConnectorConformance:
         "seed": 7, "error_rate": 0.25, "error_status": 503, "error_retry_after": 1,
         "rate_limit_every": 4, "rate_limit_burst": 2, "rate_limit_retry_after": 1,
     }
-    #: check name -> why it fails today: run as ``xfail(strict=True)``, so the fix turns it into an
-    #: XPASS failure that asks for the entry to be removed (a known bug stays visible, never skipped)
-    known_failures: ClassVar[dict[str, str]] = {}
     #: delta of the adjustment checks (whole units: every POS takes them)
     adjust_delta: ClassVar[int] = 3
 
@@ -349,9 +346,6 @@ class ConnectorConformance:
         if cls.sandbox is not None and cls.base_url is None:
             raise TypeError(f"{cls.__name__}: a sandbox needs base_url (a fixed fake URL)")
         applicable = cls.applicable_checks()
-        unknown = set(cls.known_failures) - set(applicable)
-        if unknown:
-            raise TypeError(f"{cls.__name__}: known_failures names checks it does not run: {sorted(unknown)}")
         for name in dir(ConnectorConformance):
             if name.startswith("test_") and name not in applicable:
                 setattr(cls, name, None)  # not generated: pytest collects only callables
@@ -398,9 +392,6 @@ class ConnectorConformance:
     @pytest.fixture
     async def harness(self, request: pytest.FixtureRequest, db: Database, tenant: tuple[str, str]) -> AsyncIterator[Harness]:
         """A :class:`Harness` inside the check's cassette (when recording/replaying applies)."""
-        reason = self.known_failures.get(request.node.originalname)
-        if reason:
-            request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
         harness = Harness(self, db, tenant)
         with self._cassette(request):
             yield harness
