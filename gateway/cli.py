@@ -120,7 +120,7 @@ def worker(database_url: str | None = DatabaseOption) -> None:
                       "`tillgate serve` runs jobs in process")
         raise typer.Exit(code=1)
     logging.basicConfig(level=settings.log_level.upper())
-    Worker(**worker_options(settings.redis_url, settings.queue_name)).run()
+    Worker(**worker_options(settings.redis_url, settings.queue_name, settings.worker_max_jobs)).run()
 
 
 @app.command()

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
         queue_name: the arq queue on Redis (scale-out mode).
         job_lease_seconds: how long a running job is its worker's; after that (the worker died)
             another worker may take it over.
+        worker_max_jobs: jobs one ``tillgate worker`` process runs at once.
         log_level: Python logging level name.
     """
 
@@ -51,6 +52,7 @@ class Settings(BaseSettings):
     scheduler_interval_seconds: float = Field(default=5.0, gt=0)
     queue_name: str = "tillgate:jobs"
     job_lease_seconds: float = Field(default=300.0, gt=0)
+    worker_max_jobs: int = Field(default=10, ge=1)
     log_level: str = "INFO"
 
     @field_validator("secret_keys", mode="before")

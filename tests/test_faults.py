@@ -146,3 +146,68 @@ async def test_a_worker_killed_mid_sync_loses_and_duplicates_nothing(tmp_path, s
                 worker.wait(15)
         await services.stop_dispatcher()
         await services.db.dispose()
+
+
+async def test_redis_flushed_mid_run_loses_nothing(tmp_path, slow_sandbox):
+    """FLUSHDB while one sync runs and another waits in the Redis queue: the running one finishes,
+    the lost one is re-rung by the sweeper from the jobs table, and both complete once."""
+    from redis.asyncio import Redis
+
+    url = f"sqlite:///{tmp_path / 'flush.db'}"
+    upgrade(url)
+    secret = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    queue = f"tillgate:flush:{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "TILLGATE_DATABASE_URL": url, "TILLGATE_SECRET_KEYS": secret,
+           "TILLGATE_REDIS_URL": REDIS_URL, "TILLGATE_QUEUE_NAME": queue, "TILLGATE_JOB_LEASE_SECONDS": "5"}
+    settings = Settings(database_url=url, secret_keys=[secret], redis_url=REDIS_URL, queue_name=queue)
+    services = Services.build(settings)
+    redis = Redis.from_url(REDIS_URL)
+    worker_log = tmp_path / "worker.log"
+    worker: subprocess.Popen | None = None
+    try:
+        await redis.ping()
+        tenant_id, _ = await create_tenant(services.db, "flush")
+        connections = [
+            (await services.connections.create(tenant_id, ConnectionCreate(
+                connector="apex", name=name, credentials={"api_key": KEY}, settings={"base_url": slow_sandbox})))["id"]
+            for name in ("first", "second")
+        ]
+        await services.start_dispatcher()
+        job_ids = []
+        for cid in connections:
+            job_id, _ = await services.dispatcher.submit(
+                "sync", {"connection_id": cid, "entities": ["products"], "mode": "full"},
+                tenant_id=tenant_id, dedupe_key=sync_dedupe_key(cid))
+            job_ids.append(job_id)
+        # One job at a time, so the second waits in the Redis queue while the first runs.
+        worker_env = {**env, "TILLGATE_WORKER_MAX_JOBS": "1"}
+        worker = start_worker(worker_env, worker_log)
+        for _ in range(400):
+            if (await jobs.get(services.db, job_ids[0]))["status"] == "running":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail(f"the worker never started:\n{worker_log.read_text()[-2000:]}", pytrace=False)
+        assert (await jobs.get(services.db, job_ids[1]))["status"] == "queued"
+        await redis.flushdb()  # Redis forgets the queued job (and the running one's bookkeeping)
+        for _ in range(1200):  # the worker's sweeper (every 10 s) re-rings the lost job
+            if all(state == "done" for state in [(await jobs.get(services.db, job_id))["status"] for job_id in job_ids]):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            states = [(await jobs.get(services.db, job_id))["status"] for job_id in job_ids]
+            pytest.fail(f"jobs did not finish ({states}):\n{worker_log.read_text()[-3000:]}", pytrace=False)
+        async with services.db.read() as conn:
+            for cid in connections:
+                products = (await conn.execute(select(func.count()).select_from(t.records).where(
+                    t.records.c.connection_id == cid, t.records.c.entity == "products"))).scalar_one()
+                created = (await conn.execute(select(func.count()).select_from(t.events).where(
+                    t.events.c.connection_id == cid, t.events.c.type == "product.created"))).scalar_one()
+                assert products == created == PRODUCTS
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            worker.wait(15)
+        await redis.aclose()
+        await services.stop_dispatcher()
+        await services.db.dispose()

@@ -68,7 +68,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await services.db.dispose()
 
 
-def worker_options(redis_url: str, queue_name: str = QUEUE_NAME) -> dict[str, Any]:
+def worker_options(redis_url: str, queue_name: str = QUEUE_NAME, max_jobs: int = 10) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` (shared by the CLI and the tests)."""
     return {
         "functions": [func(run_job, name="run_job", keep_result=0, max_tries=1000)],
@@ -83,6 +83,7 @@ def worker_options(redis_url: str, queue_name: str = QUEUE_NAME) -> dict[str, An
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "keep_result": 0,
+        "max_jobs": max_jobs,
         # Liveness is the job row's lease (renewed by a heartbeat), not arq's timeout: a long
         # backfill must not be cancelled halfway.
         "job_timeout": 6 * 3600,
