@@ -73,7 +73,9 @@ def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
         return subprocess.Popen([str(BIN / "tillgate"), "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-async def test_a_worker_killed_mid_sync_loses_and_duplicates_nothing(tmp_path, slow_sandbox):
+async def scale_out(tmp_path: Path, name: str, *, lease_seconds: int) -> tuple[dict[str, str], Settings]:
+    """A migrated SQLite file, a private arq queue on the real Redis, and the environment a
+    `tillgate worker` process needs to use them (failing clearly when Redis is not there)."""
     from redis.asyncio import Redis
 
     redis = Redis.from_url(REDIS_URL)
@@ -83,13 +85,17 @@ async def test_a_worker_killed_mid_sync_loses_and_duplicates_nothing(tmp_path, s
         pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); these tests do not skip.", pytrace=False)
     finally:
         await redis.aclose()
-    url = f"sqlite:///{tmp_path / 'faults.db'}"
+    url = f"sqlite:///{tmp_path / f'{name}.db'}"
     upgrade(url)
     secret = base64.urlsafe_b64encode(os.urandom(32)).decode()
-    queue = f"tillgate:faults:{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "TILLGATE_DATABASE_URL": url, "TILLGATE_SECRET_KEYS": secret,
-           "TILLGATE_REDIS_URL": REDIS_URL, "TILLGATE_QUEUE_NAME": queue, "TILLGATE_JOB_LEASE_SECONDS": "2"}
-    settings = Settings(database_url=url, secret_keys=[secret], redis_url=REDIS_URL, queue_name=queue)
+    queue = f"tillgate:{name}:{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "TILLGATE_DATABASE_URL": url, "TILLGATE_SECRET_KEYS": secret, "TILLGATE_REDIS_URL": REDIS_URL,
+           "TILLGATE_QUEUE_NAME": queue, "TILLGATE_JOB_LEASE_SECONDS": str(lease_seconds)}
+    return env, Settings(database_url=url, secret_keys=[secret], redis_url=REDIS_URL, queue_name=queue)
+
+
+async def test_a_worker_killed_mid_sync_loses_and_duplicates_nothing(tmp_path, slow_sandbox):
+    env, settings = await scale_out(tmp_path, "faults", lease_seconds=2)
     services = Services.build(settings)
     worker_log = tmp_path / "worker.log"
     workers: list[subprocess.Popen] = []
@@ -153,19 +159,12 @@ async def test_redis_flushed_mid_run_loses_nothing(tmp_path, slow_sandbox):
     the lost one is re-rung by the sweeper from the jobs table, and both complete once."""
     from redis.asyncio import Redis
 
-    url = f"sqlite:///{tmp_path / 'flush.db'}"
-    upgrade(url)
-    secret = base64.urlsafe_b64encode(os.urandom(32)).decode()
-    queue = f"tillgate:flush:{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "TILLGATE_DATABASE_URL": url, "TILLGATE_SECRET_KEYS": secret,
-           "TILLGATE_REDIS_URL": REDIS_URL, "TILLGATE_QUEUE_NAME": queue, "TILLGATE_JOB_LEASE_SECONDS": "5"}
-    settings = Settings(database_url=url, secret_keys=[secret], redis_url=REDIS_URL, queue_name=queue)
+    env, settings = await scale_out(tmp_path, "flush", lease_seconds=5)
     services = Services.build(settings)
     redis = Redis.from_url(REDIS_URL)
     worker_log = tmp_path / "worker.log"
     worker: subprocess.Popen | None = None
     try:
-        await redis.ping()
         tenant_id, _ = await create_tenant(services.db, "flush")
         connections = [
             (await services.connections.create(tenant_id, ConnectionCreate(
