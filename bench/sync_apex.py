@@ -10,11 +10,13 @@ What it measures (DESIGN.md "Performance targets"):
    Apex has no modified-since filter, so it is a full scan diffed by content hash, then the
    mark-and-sweep). Target: <= 1.2 x the floor's time, 0 records rows rewritten (rows whose
    ``updated_at`` is at or after the poll's start) and no event but ``connection.sync_completed``.
+   It runs three times, each followed by a floor run; the fastest poll counts (the floor too
+   counts its fastest run), and every poll must rewrite nothing and emit nothing.
 
 The floor is a bare ``httpx.AsyncClient`` loop (its own subprocess) downloading the same pages
 (``GET /rest_api/v1/products?page=N&limit=100`` with the ``X-API-Key``) one after the other and
-discarding the bodies. It runs three times (before the full sync, between, after the poll); the
-fastest run is the floor (the strictest choice).
+discarding the bodies. It runs five times (before the full sync, then after the sync and after
+each poll); the fastest run is the floor (the strictest choice).
 
 Vendor: the Apex sandbox (``connectors/apex/sandbox.py``, ``create_app(products=100000)``,
 synthetic mode, no faults) served by uvicorn (``gateway.testing.sandbox.run``: uvloop +
@@ -58,6 +60,7 @@ KEY = "apx_bench_key"
 FULL_TARGET = 1.5
 INCREMENTAL_TARGET = 1.2
 PEAK_MB_TARGET = 300.0
+POLLS = 3
 
 
 def free_port() -> int:
@@ -233,8 +236,10 @@ def main() -> int:
         floors = [run_child("floor", base_url)]
         full = run_child("full", db_url, json.dumps(setup))
         floors.append(run_child("floor", base_url))
-        poll = run_child("incremental", db_url, json.dumps(setup))
-        floors.append(run_child("floor", base_url))
+        polls = []
+        for _ in range(POLLS):  # each an unchanged poll; the fastest counts, as for the floor
+            polls.append(run_child("incremental", db_url, json.dumps(setup)))
+            floors.append(run_child("floor", base_url))
         db_mb = sum(f.stat().st_size for f in work.iterdir()) / 2**20
     finally:
         server.terminate()
@@ -242,6 +247,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     floor = min(f["seconds"] for f in floors)
+    poll = min(polls, key=lambda p: p["seconds"])
+    rewritten_any = sum(p["rows_rewritten"] + p["updated"] + p["created"] + p["deleted"] for p in polls)
     pages = floors[0]["pages"]
     print(f"sync_apex: {PRODUCTS:,} Apex sandbox products, {pages} pages of {PAGE_SIZE}, sandbox in its own uvicorn "
           f"process on 127.0.0.1, SQLite at {db_url}")
@@ -268,16 +275,16 @@ def main() -> int:
         full["created"] == PRODUCTS and full["live"] == PRODUCTS and full["status"] == "succeeded")
     row("incremental poll time", f"{poll['seconds']:.2f}s", f"{floor:.2f}s", f"{poll_ratio:.2f}",
         f"<= {INCREMENTAL_TARGET}x", poll_ratio <= INCREMENTAL_TARGET)
-    row("incremental rows rewritten", f"{poll['rows_rewritten']}", "", "", "= 0",
-        poll["rows_rewritten"] == 0 and poll["updated"] == 0 and poll["created"] == 0 and poll["deleted"] == 0)
-    other_events = {k: v for k, v in poll["events"].items() if k != "connection.sync_completed"}
+    row("incremental rows rewritten", f"{rewritten_any}", "", "", "= 0", rewritten_any == 0)
+    other_events = {k: v for p in polls for k, v in p["events"].items() if k != "connection.sync_completed"}
     row("incremental events (not sync_*)", f"{sum(other_events.values())}", "", "", "= 0",
-        not other_events and poll["events"].get("connection.sync_completed") == 1)
+        not other_events and all(p["events"].get("connection.sync_completed") == 1 for p in polls))
     print(f"{'measure':<34}{'gateway':>12}{'floor':>10}{'ratio':>8}  {'target':<10}")
     print("\n".join(rows))
     print(f"for information: full sync RSS before run() {full['rss_before_mb']:.0f} MB; "
           f"{PRODUCTS / full['seconds']:,.0f} products/s; events {full['events']}; database {db_mb:.0f} MB")
-    print(f"for information: poll mode {poll['mode']}, {poll['unchanged']:,} unchanged, {poll['deleted']} deleted, "
+    print(f"for information: {POLLS} polls, " + ", ".join(f"{p['seconds']:.2f}s" for p in polls)
+          + f"; mode {poll['mode']}, {poll['unchanged']:,} unchanged, {poll['deleted']} deleted, "
           f"peak RSS {poll['peak_rss_mb']:.0f} MB; events {poll['events']}")
     if other_events:
         print(f"unexpected events after the poll: {other_events}")

@@ -7,13 +7,9 @@ not collide across processes.
 
 from __future__ import annotations
 
-import base64
 import itertools
 import os
 import time
-
-# RFC 4648 base32 digits mapped onto Crockford's alphabet (lower case), which keeps byte order.
-_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789abcdefghjkmnpqrstvwxyz")
 
 PREFIXES = {
     "tenant": "ten",
@@ -39,15 +35,26 @@ PREFIXES = {
 }
 
 
+_DIGITS = "0123456789abcdefghjkmnpqrstvwxyz"
+# Two base32 digits per 10-bit chunk: 13 table lookups encode the 130 bits (128 + 2 zero bits)
+# that base64.b32encode would, in a fraction of its time (a sync creates two ids per record).
+_PAIRS = [a + b for a in _DIGITS for b in _DIGITS]
+
+
 def new_id(kind: str) -> str:
     """Return a new id for ``kind`` (a key of :data:`PREFIXES`), e.g. ``prod_01j9...``.
+
+    The 26 digits are the Crockford base32 of the 16 bytes (48-bit big-endian milliseconds, then
+    80 random bits), padded with two zero bits: the first 26 digits of RFC 4648 base32 of those
+    bytes, translated to Crockford's alphabet.
 
     Raises:
         KeyError: ``kind`` is not a known object kind.
     """
     prefix = PREFIXES[kind]
-    raw = (int(time.time() * 1000) & 0xFFFFFFFFFFFF).to_bytes(6, "big") + os.urandom(10)
-    return f"{prefix}_{base64.b32encode(raw)[:26].translate(_CROCKFORD).decode()}"
+    value = (((int(time.time() * 1000) & 0xFFFFFFFFFFFF) << 80) | int.from_bytes(os.urandom(10), "big")) << 2
+    pairs = _PAIRS
+    return prefix + "_" + "".join([pairs[(value >> shift) & 0x3FF] for shift in range(120, -1, -10)])
 
 
 def has_prefix(value: str, kind: str) -> bool:
@@ -56,8 +63,7 @@ def has_prefix(value: str, kind: str) -> bool:
     return value.startswith(prefix) and len(value) == len(prefix) + 26
 
 
-_REQUEST_PREFIX = base64.b32encode(os.urandom(10)).decode().translate(str.maketrans(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", "0123456789abcdefghjkmnpqrstvwxyz"))[:13]
+_REQUEST_PREFIX = "".join(_DIGITS[b & 31] for b in os.urandom(13))
 _request_counter = itertools.count()
 
 

@@ -952,3 +952,25 @@ def test_required_fields_missing_rejected_by_both() -> None:
             else:
                 assert validator_for(RESOURCES[model]).is_valid(obj), f"{model.__name__}.{name}"
                 model.model_validate(obj)
+
+
+def test_ids_are_crockford_base32_of_time_then_random_bits() -> None:
+    """An id's 26 digits decode (Crockford base32) to 48 bits of milliseconds then 80 random
+    bits, so ids sort by creation time; consecutive ids differ."""
+    import time
+
+    from gateway.ids import new_id
+
+    digits = "0123456789abcdefghjkmnpqrstvwxyz"
+    before = int(time.time() * 1000)
+    made = [new_id("product") for _ in range(200)]
+    after = int(time.time() * 1000)
+    assert len(set(made)) == len(made)
+    for value in made:
+        prefix, _, body = value.partition("_")
+        assert prefix == "prod" and len(body) == 26 and set(body) <= set(digits)
+        number = 0
+        for char in body:
+            number = number * 32 + digits.index(char)
+        assert number & 0b11 == 0  # two padding bits
+        assert before <= number >> 82 <= after

@@ -658,3 +658,39 @@ async def test_logout_on_close() -> None:
     await client.get("/v1/products")
     await client.aclose(logout=True)
     assert server.paths[-1] == "/api/v1/auth/logout" and not auth.has_token
+
+
+async def test_prefetch_asks_for_the_next_page_early_and_cancels_it_when_the_caller_stops() -> None:
+    """With prefetch (the default) page N+1 is requested before page N is handed over; a caller
+    that stops after the first page leaves no request running, and the records a page hands
+    over are decoded exactly (Decimal) although the walk itself decodes with orjson."""
+    asked: list[str] = []
+    release = asyncio.Event()
+
+    async def vendor(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        asked.append(f"start {page}")
+        if page == 2:
+            await release.wait()  # page 2 hangs until released (or cancelled)
+        asked.append(f"end {page}")
+        body = '{"data": [{"id": %d, "price": 1.10}], "total": 3, "page": %d}' % (page, page)
+        return httpx.Response(200, content=body.encode(), headers={"Content-Type": "application/json"})
+
+    client, _ = make_client(vendor)
+    async with client:
+        pages = PageNumberPaginator(page_size=1).pages(client, "/products")
+        first = await anext(pages)
+        assert asked == ["start 1", "end 1", "start 2"]  # page 2 is on its way already
+        raw = first.records[0]
+        assert raw["price"] == Decimal("1.10") and isinstance(raw["price"], Decimal)
+        assert str(raw["price"]) == "1.10"
+        await pages.aclose()  # the caller stops: the request for page 2 is cancelled, not left running
+        release.set()
+        await asyncio.sleep(0.01)
+        assert "end 2" not in asked
+
+    client, _ = make_client(vendor)
+    release.set()
+    async with client:
+        walked = [p async for p in PageNumberPaginator(page_size=1, prefetch=False).pages(client, "/products")]
+    assert [p.records[0]["id"] for p in walked] == [1, 2, 3]

@@ -25,7 +25,7 @@ from gateway.errors import Conflict, NotFound, ValidationFailed, VendorError
 from gateway.ids import new_id
 from gateway.mapping import MappingContext, MappingError, dumps_vendor_body, load_connector_mappings
 from gateway.sdk.auth import ApiKeyHeader
-from gateway.sdk.connector import Connector, Page, RemoteRecord, load_manifest
+from gateway.sdk.connector import Connector, Page, RemoteRecord, load_manifest, page_fingerprint
 from gateway.sdk.http import VendorClient
 from gateway.sdk.pagination import PageNumberPaginator
 from gateway.services import records
@@ -195,23 +195,28 @@ class ApexConnector(Connector):
             async for page in reader(client, checkpoint):
                 yield page
 
-    async def _paged(self, client: VendorClient, path: str, entity: str, ctx: MappingContext,
+    async def _paged(self, client: VendorClient, path: str, entity: str, maps: dict[str, dict[str, str]],
                      checkpoint: dict[str, Any] | None) -> AsyncIterator[Page]:
+        """Pages of a list endpoint, mapped lazily, each fingerprinted by its response bytes, the
+        entity's mapping file, the settings and the reference ``maps`` it resolves against."""
+        ctx = self._ctx(maps)
+        base = self.fingerprint_base(entity, _MAPPINGS[entity].digest, self.settings, maps)
         async for page in self._pager().pages(client, path, start=checkpoint):
-            yield Page([self._record(entity, raw, ctx) for raw in page.records], page.next_position)
+            yield Page(load=lambda raws=page.records: [self._record(entity, raw, ctx) for raw in raws],
+                       checkpoint=page.next_position, fingerprint=page_fingerprint(base, page.digest))
 
     async def _fetch_products(self, client: VendorClient, checkpoint: dict[str, Any] | None) -> AsyncIterator[Page]:
-        ctx = self._ctx({"categories": await self._id_map("categories")})
-        async for page in self._paged(client, "/products", "products", ctx, checkpoint):
+        maps = {"categories": await self._id_map("categories")}
+        async for page in self._paged(client, "/products", "products", maps, checkpoint):
             yield page
 
     async def _fetch_customers(self, client: VendorClient, checkpoint: dict[str, Any] | None) -> AsyncIterator[Page]:
-        async for page in self._paged(client, "/customers", "customers", self._ctx(), checkpoint):
+        async for page in self._paged(client, "/customers", "customers", {}, checkpoint):
             yield page
 
     async def _fetch_orders(self, client: VendorClient, checkpoint: dict[str, Any] | None) -> AsyncIterator[Page]:
         maps = {e: await self._id_map(e) for e in ("customers", "products", "locations")}
-        async for page in self._paged(client, "/invoices", "orders", self._ctx(maps), checkpoint):
+        async for page in self._paged(client, "/invoices", "orders", maps, checkpoint):
             yield page
 
     async def _fetch_categories(self, client: VendorClient, checkpoint: dict[str, Any] | None) -> AsyncIterator[Page]:

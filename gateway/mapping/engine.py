@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -159,13 +160,17 @@ class MappingSpec:
         connector, entity: from the file (``entity`` is a unified entity: ``products``, ...).
         file: where it was loaded from (used in error messages).
         has_read, has_write: which directions the file defines.
+        digest: SHA-256 hex of the file's canonical JSON: changes whenever the mapping does
+            (part of a page fingerprint, so an edited mapping re-maps every page).
     """
 
     def __init__(self, *, connector: str, entity: str, file: str, remote_id: _Field | None,
-                 read_fields: dict[str, _Field] | None, write_fields: dict[str, _Field] | None) -> None:
+                 read_fields: dict[str, _Field] | None, write_fields: dict[str, _Field] | None,
+                 digest: str = "") -> None:
         self.connector = connector
         self.entity = entity
         self.file = file
+        self.digest = digest
         self._remote_id = remote_id
         self._read = read_fields
         self._write = write_fields
@@ -314,6 +319,7 @@ def compile_mapping(document: Any, file: str = "<mapping>") -> MappingSpec:
         remote_id=compiler.field("read.remote_id", read["remote_id"]) if read else None,
         read_fields=compiler.fields("read.fields", read["fields"]) if read else None,
         write_fields=compiler.fields("write.fields", write["fields"]) if write else None,
+        digest=hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest(),
     )
 
 

@@ -10,13 +10,15 @@ answers 422 ``operation_not_supported``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
 from typing import Any, ClassVar
 
+import orjson
 from sqlalchemy import update
 
 from gateway.errors import OperationNotSupported
@@ -41,12 +43,60 @@ class RemoteRecord:
     created_at: datetime | None = None
 
 
-@dataclass
 class Page:
-    """A page of a read: its records and the position after it (``None`` after the last page)."""
+    """A page of a read: its records and the position after it (``None`` after the last page).
 
-    records: list[RemoteRecord]
-    checkpoint: dict[str, Any] | None
+    Args:
+        records: the mapped records; or pass ``load``, a callable returning them, and they are
+            mapped on first access of :attr:`records`: the sync engine never maps a page it skips.
+        checkpoint: where to resume after this page; ``None`` after the last one.
+        fingerprint: a digest of everything the records are made from: the vendor's response
+            bytes and every other input of the mapping (mapping files, connection settings,
+            reference id maps); see :meth:`Connector.page_fingerprint`. ``None`` when the connector
+            cannot tell. Two pages with the same fingerprint map to the same records, which is what
+            lets a scan skip a page the previous scan already stored.
+    """
+
+    __slots__ = ("_load", "_records", "checkpoint", "fingerprint")
+
+    def __init__(
+        self,
+        records: list[RemoteRecord] | None = None,
+        checkpoint: dict[str, Any] | None = None,
+        *,
+        load: Callable[[], list[RemoteRecord]] | None = None,
+        fingerprint: str | None = None,
+    ) -> None:
+        if (records is None) == (load is None):
+            raise TypeError("Page takes records or load, not both")
+        self._records = records
+        self._load = load
+        self.checkpoint = checkpoint
+        self.fingerprint = fingerprint
+
+    @property
+    def records(self) -> list[RemoteRecord]:
+        """The page's records (mapped now if the page was made with ``load``).
+
+        Raises:
+            whatever ``load`` raises (a mapping error names the field and vendor value).
+        """
+        if self._records is None:
+            assert self._load is not None
+            self._records = self._load()
+        return self._records
+
+    def __repr__(self) -> str:
+        size = "unmapped" if self._records is None else len(self._records)
+        return f"Page({size} records, checkpoint={self.checkpoint!r}, fingerprint={self.fingerprint!r})"
+
+
+def page_fingerprint(base: str, digest: str | None) -> str | None:
+    """:attr:`Page.fingerprint` from a :meth:`Connector.fingerprint_base` and the SHA-256 hex of the
+    response bytes (``gateway.sdk.pagination.Page.digest``); ``None`` when ``digest`` is."""
+    if digest is None:
+        return None
+    return hashlib.sha256(f"{base}:{digest}".encode()).hexdigest()
 
 
 #: Health recordings in flight (kept referenced until done).
@@ -133,6 +183,21 @@ class Connector:
         return {"status": "ok"}
 
     # -- reads (sync) ----------------------------------------------------------------------------
+    def fingerprint_base(self, *inputs: Any) -> str:
+        """SHA-256 hex of what, besides the vendor's bytes, decides how a page maps: the gateway
+        and connector versions, the connection's settings, and ``inputs`` (JSON-encodable: the
+        mapping file's :attr:`~gateway.mapping.MappingSpec.digest`, the reference id maps the
+        mapping resolves against...). Compute it once per read; combine it with each response's
+        digest through :func:`page_fingerprint`.
+
+        Raises:
+            TypeError: an input has no JSON form.
+        """
+        from gateway import __version__
+
+        material = [__version__, self.name(), self.manifest.get("version"), self.context.settings, list(inputs)]
+        return hashlib.sha256(orjson.dumps(material, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+
     def fetch(
         self, entity: str, *, since: datetime | None = None, checkpoint: dict[str, Any] | None = None
     ) -> AsyncIterator[Page]:

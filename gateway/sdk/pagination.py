@@ -21,12 +21,15 @@ endless loop.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from gateway.errors import VendorError
 from gateway.sdk.http import VendorClient
@@ -74,6 +77,21 @@ def extract(doc: Any, path: str | None, default: Any = None) -> Any:
     return current
 
 
+def _scan(client: VendorClient, response: httpx.Response) -> Any:
+    """Decode a page for the walk itself (record list, ids, totals, tokens) with orjson: numbers
+    with a fraction come out as floats here, which no pagination decision reads; the exact
+    decode (``Decimal``) is :attr:`Page.records`. Falls back to the exact decoder for what orjson
+    refuses (integers beyond 64 bits, an empty body) so the error, if any, is the same.
+
+    Raises:
+        gateway.errors.VendorError: ``vendor_invalid_response`` for a body that is not JSON.
+    """
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return client.decode(response)
+
+
 def _key(position: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, repr(v)) for k, v in position.items()))
 
@@ -89,24 +107,42 @@ def describe(position: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in position.items())
 
 
-@dataclass
 class Page:
     """One page of a list endpoint.
 
     Attributes:
-        records: the records (vendor dicts), possibly empty.
+        records: the records (vendor dicts, numbers with a fraction as ``Decimal``), possibly
+            empty; decoded exactly on first access, so a page nobody reads is never decoded so.
         number: 0-based count of pages fetched in this run.
         position: where this page was fetched from (e.g. ``{"page": 3}``).
         next_position: where to resume after this page, or ``None`` at the end; JSON-serialisable,
             pass it as ``start=`` to continue a backfill.
-        body: the decoded response body.
+        body: the decoded response body (exact, on first access).
+        digest: SHA-256 hex of the response body bytes (what a connector builds
+            :attr:`gateway.sdk.connector.Page.fingerprint` from).
     """
 
-    records: list[Any]
-    number: int
-    position: dict[str, Any]
-    next_position: dict[str, Any] | None
-    body: Any = None
+    __slots__ = ("_body", "_client", "_records", "_records_path", "_response", "digest", "next_position",
+                 "number", "position")
+
+    def __init__(self, *, client: VendorClient, response: httpx.Response, records_path: str | None, number: int,
+                 position: dict[str, Any], next_position: dict[str, Any] | None, digest: str | None) -> None:
+        self._client, self._response, self._records_path = client, response, records_path
+        self._body: Any = _MISSING
+        self._records: list[Any] | None = None
+        self.number, self.position, self.next_position, self.digest = number, position, next_position, digest
+
+    @property
+    def body(self) -> Any:
+        if self._body is _MISSING:
+            self._body = self._client.decode(self._response)
+        return self._body
+
+    @property
+    def records(self) -> list[Any]:
+        if self._records is None:
+            self._records = extract(self.body, self._records_path, default=None) or []
+        return self._records
 
 
 class BasePaginator:
@@ -117,6 +153,10 @@ class BasePaginator:
         id_key: the record id member, for the identical-page guard (``None`` compares whole records).
         max_pages: safety bound on pages per run.
         on_checkpoint: called (awaited if it returns an awaitable) with each page's ``next_position``.
+        prefetch: ask for the next page before yielding this one, so the vendor works on it while
+            the caller maps and stores this one (one request in flight ahead, never more; it goes
+            through the client's rate limit, retries and breaker like any other). A request
+            still in flight when the caller stops iterating is cancelled.
     """
 
     def __init__(
@@ -126,11 +166,13 @@ class BasePaginator:
         id_key: str | None = "id",
         max_pages: int = 10_000,
         on_checkpoint: Callable[[dict[str, Any] | None], Awaitable[None] | None] | None = None,
+        prefetch: bool = True,
     ) -> None:
         self.records_path = records_path
         self.id_key = id_key
         self.max_pages = max_pages
         self.on_checkpoint = on_checkpoint
+        self.prefetch = prefetch
 
     # -- subclass hooks ----------------------------------------------------------------------------
     def first_position(self) -> dict[str, Any]:
@@ -143,7 +185,11 @@ class BasePaginator:
     def next_position(
         self, position: dict[str, Any], records: list[Any], body: Any, response: httpx.Response
     ) -> dict[str, Any] | None:
-        """Where the next page is, or ``None`` at the end."""
+        """Where the next page is, or ``None`` at the end.
+
+        ``records`` and ``body`` are the walk's quick decode (see :func:`_scan`): ids, counts and
+        tokens are exact, numbers with a fraction are floats; never map records from here.
+        """
         raise NotImplementedError
 
     def check(self, position: dict[str, Any], body: Any, vendor: str) -> None:
@@ -152,8 +198,9 @@ class BasePaginator:
     # -- walking -----------------------------------------------------------------------------------
     def _fingerprint(self, records: list[Any]) -> tuple[Any, ...]:
         if self.id_key is None:
-            return tuple(repr(r) for r in records)
-        return tuple(r.get(self.id_key) if isinstance(r, Mapping) else repr(r) for r in records)
+            return tuple([repr(r) for r in records])
+        key = self.id_key
+        return tuple([r.get(key) if isinstance(r, dict) else repr(r) for r in records])
 
     async def pages(
         self,
@@ -176,51 +223,78 @@ class BasePaginator:
         previous: tuple[Any, ...] | None = None
         seen = {_key(position)}
         number = 0
-        while position is not None:
-            if number >= self.max_pages:
-                raise PaginationLoop(
-                    f"{client.vendor} {path}: more than {self.max_pages} pages; stopping at {position}",
-                    vendor=client.vendor,
-                )
-            response = await client.request(
-                method, path, params={**(params or {}), **self.params_for(position)}, **kwargs
-            )
-            body = client.decode(response)
-            records = extract(body, self.records_path, default=[])
-            if records is None:
-                records = []
-            if not isinstance(records, list):
-                raise VendorError(
-                    f"{client.vendor} {path}: {self.records_path or 'the body'} is not a list",
-                    vendor=client.vendor,
-                    vendor_status=response.status_code,
-                    code="vendor_invalid_response",
-                )
-            self.check(position, body, client.vendor)
-            fingerprint = self._fingerprint(records)
-            if records and fingerprint == previous:
-                raise PaginationLoop(
-                    f"{client.vendor} {path}: the page at {position} repeats the previous page's records",
-                    vendor=client.vendor,
-                )
-            previous = fingerprint
-            following = self.next_position(position, records, body, response)
-            if following is not None:
-                if _key(following) in seen:
+        ahead: asyncio.Task[httpx.Response] | None = None  # the next page, asked for early
+
+        def ask(at: dict[str, Any]) -> Awaitable[httpx.Response]:
+            return client.request(method, path, params={**(params or {}), **self.params_for(at)}, **kwargs)
+
+        try:
+            while position is not None:
+                if number >= self.max_pages:
                     raise PaginationLoop(
-                        f"{client.vendor} {path}: after {describe(position)} the vendor points back to "
-                        f"{describe(following)}, already fetched in this run",
+                        f"{client.vendor} {path}: more than {self.max_pages} pages; stopping at {position}",
                         vendor=client.vendor,
                     )
-                seen.add(_key(following))
-            page = Page(records=records, number=number, position=position, next_position=following, body=body)
-            if self.on_checkpoint is not None:
-                result = self.on_checkpoint(following)
-                if result is not None:
-                    await result
-            yield page
-            position = following
-            number += 1
+                if ahead is not None:
+                    task, ahead = ahead, None
+                    response = await task
+                else:
+                    response = await ask(position)
+                page, previous = self._page(client, path, response, position, previous, seen, number)
+                if page.next_position is not None and self.prefetch and number + 1 < self.max_pages:
+                    ahead = asyncio.ensure_future(ask(page.next_position))
+                    await asyncio.sleep(0)  # let it put the request on the wire before the caller works
+                if self.on_checkpoint is not None:
+                    result = self.on_checkpoint(page.next_position)
+                    if result is not None:
+                        await result
+                yield page
+                position = page.next_position
+                number += 1
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
+
+    def _page(self, client: VendorClient, path: str, response: httpx.Response, position: dict[str, Any],
+              previous: tuple[Any, ...] | None, seen: set[Any], number: int) -> tuple[Page, tuple[Any, ...]]:
+        """Decode one answer, run the guards, and work out the next position (added to ``seen``);
+        return the page and its records' fingerprint (for the next page's repeat guard).
+
+        Raises:
+            PaginationLoop, VendorError: see :meth:`pages`.
+        """
+        body = _scan(client, response)
+        records = extract(body, self.records_path, default=[])
+        if records is None:
+            records = []
+        if not isinstance(records, list):
+            raise VendorError(
+                f"{client.vendor} {path}: {self.records_path or 'the body'} is not a list",
+                vendor=client.vendor,
+                vendor_status=response.status_code,
+                code="vendor_invalid_response",
+            )
+        self.check(position, body, client.vendor)
+        fingerprint = self._fingerprint(records)
+        if records and fingerprint == previous:
+            raise PaginationLoop(
+                f"{client.vendor} {path}: the page at {position} repeats the previous page's records",
+                vendor=client.vendor,
+            )
+        following = self.next_position(position, records, body, response)
+        if following is not None:
+            if _key(following) in seen:
+                raise PaginationLoop(
+                    f"{client.vendor} {path}: after {describe(position)} the vendor points back to "
+                    f"{describe(following)}, already fetched in this run",
+                    vendor=client.vendor,
+                )
+            seen.add(_key(following))
+        page = Page(client=client, response=response, records_path=self.records_path, number=number,
+                    position=position, next_position=following, digest=hashlib.sha256(response.content).hexdigest())
+        return page, fingerprint
 
     async def records(self, client: VendorClient, path: str, **kwargs: Any) -> AsyncIterator[Any]:
         """Yield the records of every page (see :meth:`pages`)."""

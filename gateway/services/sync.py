@@ -14,18 +14,32 @@ Modes:
   since the high-water mark minus a lookback window; otherwise read everything and let the
   content hash find the changes (a full scan: it sweeps too).
 
+Skipping unchanged pages: a connector may give each page a ``fingerprint`` (a digest of the
+response bytes and of every other input of its mapping) and map its records lazily. A full scan
+stores the fingerprints it read with the vendor ids on each page (``sync_pages``); the next scan
+skips a page whose fingerprint it stored, without mapping, hashing or touching a row: those
+records are already cached exactly as they would be mapped. That holds only while nothing else
+changed the entity's cache rows, so a run also stores a ``cache_mark`` (live and deleted counts
+and the newest ``updated_at`` of the entity's rows) when it ends and no other writer touched the
+rows while it ran; a scan uses the stored fingerprints only when the mark still matches. Any other
+write (a webhook, an API write, a sweep) changes the mark, and the next scan diffs every record.
+
+Checkpoints: a page that writes saves the checkpoint in its own transaction; runs of skipped pages
+save it at most every :data:`SKIP_CHECKPOINT_SECONDS` (resuming re-reads a few cheap pages).
+
 Every run leaves a ``sync_runs`` row and emits ``connection.sync_completed`` or
 ``connection.sync_failed``; per-entity state is in ``sync_states``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from gateway import jsonutil
 from gateway.ids import new_id
@@ -37,6 +51,8 @@ from gateway.storage.db import Database
 #: Entities in dependency order: what orders and inventory refer to is synced first.
 ENTITY_ORDER = ("locations", "categories", "products", "customers", "inventory", "orders")
 DEFAULT_LOOKBACK = timedelta(minutes=5)
+#: At most this long between checkpoint saves while pages are being skipped.
+SKIP_CHECKPOINT_SECONDS = 2.0
 
 
 @dataclass
@@ -145,8 +161,29 @@ class SyncEngine:
         seen: set[str] = set()
         high_water: datetime | None = state.get("high_water")
         checkpoint = jsonutil.loads(state["checkpoint"]) if resuming else None
+        known = await self._known_pages(entity, state.get("cache_mark"))
+        scanned: dict[str, list[str]] = {}  # fingerprint -> vendor ids, of the pages this run read
+        unsaved: dict[str, Any] | None = None  # a skipped page's checkpoint not saved yet
+        saved_at = time.monotonic()
         try:
             async for page in self.connector.fetch(entity, since=since, checkpoint=checkpoint):
+                fingerprint = page.fingerprint
+                ids = known.get(fingerprint) if fingerprint is not None else None
+                if ids is not None:  # stored exactly as it would map: nothing to map, hash or write
+                    scanned[fingerprint] = ids
+                    seen.update(ids)
+                    result.pages += 1
+                    result.seen += len(ids)
+                    result.unchanged += len(ids)
+                    unsaved = {"checkpoint": page.checkpoint}
+                    if page.checkpoint is not None and time.monotonic() - saved_at >= SKIP_CHECKPOINT_SECONDS:
+                        async with self.db.transaction(self.tenant_id) as uow:
+                            await self._save_checkpoint(uow, entity, page.checkpoint, result)
+                        unsaved, saved_at = None, time.monotonic()
+                    if on_page is not None:
+                        on_page(result)
+                    continue
+                unsaved = None
                 async with self.db.transaction(self.tenant_id) as uow:
                     outcomes = await records.upsert_many(uow, connection_id=self.connection_id, entity=entity, items=[
                         records.UpsertItem(remote_id=item.remote_id, body=item.body, raw=item.raw,
@@ -165,22 +202,68 @@ class SyncEngine:
                             high_water = item.remote_updated_at
                     result.pages += 1
                     result.seen += len(page.records)
-                    await self._save_state(
-                        uow, entity,
-                        checkpoint=None if page.checkpoint is None else jsonutil.dumps(page.checkpoint).decode(),
-                    )
-                    await self._save_run(uow, result)
+                    await self._save_checkpoint(uow, entity, page.checkpoint, result)
+                saved_at = time.monotonic()
+                if fingerprint is not None:
+                    scanned[fingerprint] = [item.remote_id for item in page.records]
                 if on_page is not None:
                     on_page(result)
-            if sweep:
+            if sweep and not (known and scanned.keys() == known.keys()):
+                # (when the scan read exactly the stored pages, ``seen`` is the live set the last
+                # scan left and nobody changed since: nothing to sweep)
                 result.deleted = await self._sweep(entity, seen)
         except Exception as exc:
             result.status, result.error = "failed", f"{exc.__class__.__name__}: {exc}"
+            if unsaved is not None and unsaved["checkpoint"] is not None:  # keep the skipped pages' progress
+                async with self.db.transaction(self.tenant_id) as uow:
+                    await self._save_checkpoint(uow, entity, unsaved["checkpoint"], result)
             await self._finish(entity, result, high_water, full=False)
             raise
         result.status = "succeeded"
-        await self._finish(entity, result, high_water, full=mode == "full" or since is None)
+        await self._finish(entity, result, high_water, full=mode == "full" or since is None,
+                           pages=scanned if sweep else None, started=now)
         return result
+
+    async def _save_checkpoint(self, uow: Any, entity: str, checkpoint: dict[str, Any] | None,
+                               result: RunResult) -> None:
+        await self._save_state(
+            uow, entity, checkpoint=None if checkpoint is None else jsonutil.dumps(checkpoint).decode()
+        )
+        await self._save_run(uow, result)
+
+    async def _cache_mark(self, conn: Any, entity: str) -> str:
+        """``"<live>:<deleted>:<newest updated_at>"`` of the entity's cache rows: any write changes it."""
+        row = (await conn.execute(
+            select(func.count(), func.count(t.records.c.deleted_at), func.max(t.records.c.updated_at)).where(
+                t.records.c.connection_id == self.connection_id, t.records.c.entity == entity)
+        )).one()
+        newest = jsonutil.rfc3339(row[2]) if row[2] is not None else "-"
+        return f"{row[0] - row[1]}:{row[1]}:{newest}"
+
+    async def _known_pages(self, entity: str, mark: str | None) -> dict[str, list[str]]:
+        """Fingerprint -> vendor ids of the pages the last full scan stored, when its cache mark
+        still holds (else ``{}``: every page is diffed record by record)."""
+        if mark is None:
+            return {}
+        async with self.db.read() as conn:
+            if await self._cache_mark(conn, entity) != mark:
+                return {}
+            rows = (await conn.execute(select(t.sync_pages.c.fingerprint, t.sync_pages.c.remote_ids).where(
+                t.sync_pages.c.connection_id == self.connection_id, t.sync_pages.c.entity == entity))).all()
+        return {row.fingerprint: jsonutil.loads(row.remote_ids) for row in rows}
+
+    async def _store_pages(self, uow: Any, entity: str, pages: dict[str, list[str]]) -> None:
+        """Make ``sync_pages`` of the entity exactly ``pages`` (writing only the difference)."""
+        where = (t.sync_pages.c.connection_id == self.connection_id, t.sync_pages.c.entity == entity)
+        stored = {row.fingerprint for row in (await uow.conn.execute(
+            select(t.sync_pages.c.fingerprint).where(*where))).all()}
+        gone = sorted(stored - pages.keys())
+        for start in range(0, len(gone), 500):
+            await uow.conn.execute(delete(t.sync_pages).where(*where, t.sync_pages.c.fingerprint.in_(gone[start:start + 500])))
+        new = [{"connection_id": self.connection_id, "entity": entity, "fingerprint": fingerprint,
+                "remote_ids": jsonutil.dumps(ids).decode()} for fingerprint, ids in pages.items() if fingerprint not in stored]
+        if new:
+            await uow.conn.execute(insert(t.sync_pages), new)
 
     async def _save_run(self, uow: Any, result: RunResult) -> None:
         await uow.conn.execute(
@@ -208,15 +291,24 @@ class SyncEngine:
                     await records.soft_delete(uow, connection_id=self.connection_id, entity=entity, record_id=record_id)
         return len(gone)
 
-    async def _finish(self, entity: str, result: RunResult, high_water: datetime | None, *, full: bool) -> None:
+    async def _finish(self, entity: str, result: RunResult, high_water: datetime | None, *, full: bool,
+                      pages: dict[str, list[str]] | None = None, started: datetime | None = None) -> None:
+        """Record the outcome. ``pages``: the fingerprints a complete scan read, to store with the
+        cache mark (only when the rows the run did not write are as the run left them)."""
         now = jsonutil.utcnow()
-        async with self.db.read() as conn:
-            live = (await conn.execute(
-                select(func.count()).select_from(t.records).where(
-                    t.records.c.connection_id == self.connection_id, t.records.c.entity == entity,
-                    t.records.c.deleted_at.is_(None))
-            )).scalar_one()
         async with self.db.transaction(self.tenant_id) as uow:
+            mark = await self._cache_mark(uow.conn, entity)
+            live = int(mark.split(":", 1)[0])
+            if pages is not None and started is not None:
+                touched = (await uow.conn.execute(select(func.count()).select_from(t.records).where(
+                    t.records.c.connection_id == self.connection_id, t.records.c.entity == entity,
+                    t.records.c.updated_at >= started))).scalar_one()
+                if touched == result.created + result.updated + result.deleted:  # no other writer meanwhile
+                    await self._store_pages(uow, entity, pages)
+                else:
+                    mark = None
+            else:
+                mark = None
             await self._save_run(uow, result)
             await uow.conn.execute(
                 update(t.sync_runs).where(t.sync_runs.c.id == result.run_id)
@@ -224,13 +316,13 @@ class SyncEngine:
             )
             if result.status == "succeeded":
                 values: dict[str, Any] = {"status": "idle", "checkpoint": None, "run_id": None, "records": live,
-                                          "last_success_at": now, "high_water": high_water}
+                                          "last_success_at": now, "high_water": high_water, "cache_mark": mark}
                 if full:
                     values["last_full_sync_at"] = now
                 await self._save_state(uow, entity, **values)
             else:  # keep run_id and checkpoint: the retry resumes this run
                 await self._save_state(uow, entity, status="failed", last_error=result.error, records=live,
-                                       high_water=high_water)
+                                       high_water=high_water, cache_mark=None)
             event = "connection.sync_completed" if result.status == "succeeded" else "connection.sync_failed"
             uow.emit(event, self.connection_id, {"connection_id": self.connection_id, **asdict(result)},
                      ["status"])

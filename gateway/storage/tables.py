@@ -276,7 +276,23 @@ class SyncStateRow(SQLModel, table=True):
     last_success_at: datetime | None = None
     last_full_sync_at: datetime | None = None
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    cache_mark: str | None = Field(default=None, max_length=80)
     updated_at: datetime
+
+
+class SyncPageRow(SQLModel, table=True):
+    """A page the last full scan of (connection, entity) read, by its content fingerprint, with the
+    vendor ids on it: when the next scan gets a page with the same fingerprint (same response
+    bytes, mapping files, settings and reference maps) its records are already cached as they
+    would be mapped, so it is skipped (see :mod:`gateway.services.sync`). Valid only while
+    ``sync_states.cache_mark`` matches the cache."""
+
+    __tablename__ = "sync_pages"
+
+    connection_id: str = Field(primary_key=True, foreign_key="connections.id", max_length=40)
+    entity: str = Field(primary_key=True, max_length=20)
+    fingerprint: str = Field(primary_key=True, max_length=64)
+    remote_ids: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class SyncRunRow(SQLModel, table=True):
@@ -318,3 +334,4 @@ sku_index = SkuIndexRow.__table__
 jobs = JobRow.__table__
 sync_states = SyncStateRow.__table__
 sync_runs = SyncRunRow.__table__
+sync_pages = SyncPageRow.__table__

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import dataclasses
+import gc
 import random
 import socket
 import threading
@@ -481,7 +482,13 @@ def read_retail_csv(path: str | Path, *, skipped: list[tuple[int, str]] | None =
 
 
 def run(app: ASGIApp, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info") -> None:
-    """Serve a sandbox app with uvicorn until interrupted (``tillgate sandbox <name>``)."""
+    """Serve a sandbox app with uvicorn until interrupted (``tillgate sandbox <name>``).
+
+    The seeded store is moved out of the garbage collector's sight first (``gc.freeze``): a big
+    catalog would otherwise be traversed by every full collection, pausing answers at random.
+    """
+    gc.collect()
+    gc.freeze()
     uvicorn.run(app, host=host, port=port, log_level=log_level, ws="none", lifespan="off")
 
 
