@@ -203,6 +203,69 @@ async def test_a_product_deleted_at_the_pos_is_soft_deleted_and_changes_are_pick
     assert (await env.cached("products"))["3"]["price"] == "9.99"
 
 
+async def test_a_poll_skips_the_pages_it_stored_and_any_other_write_to_the_cache_stops_the_skipping(
+        make_env, monkeypatch) -> None:
+    """Page skipping (gateway.services.sync): an unchanged page is neither mapped nor written; a
+    changed page is; a write to the cache by anyone but the scan (here a soft delete, as a vendor
+    webhook would make) makes the next poll diff every record, which puts the record back."""
+    from gateway.services import records
+
+    env = make_env(products=250, customers=0, invoices=0, warehouses=1)  # 3 pages of 100
+    await env.connect()
+    await env.sync_all()
+    mapped: list[str] = []
+    original = ApexConnector._record
+
+    def counting(self: ApexConnector, entity: str, raw: dict[str, Any], ctx: Any) -> Any:
+        if entity == "products":
+            mapped.append(str(raw["id"]))
+        return original(self, entity, raw, ctx)
+
+    monkeypatch.setattr(ApexConnector, "_record", counting)
+    engine = SyncEngine(env.db, await env.connector())
+
+    async def poll() -> Any:
+        mapped.clear()
+        result = await engine.run("products")
+        assert result.status == "succeeded" and result.mode == "incremental"
+        return result
+
+    result = await poll()  # nothing changed
+    assert (result.pages, result.seen, result.unchanged, result.created, result.updated, result.deleted) == (
+        3, 250, 250, 0, 0, 0)
+    assert mapped == []
+
+    env.store.products[150].price = Decimal("1.23")  # one product on page 2 changes at the POS
+    result = await poll()
+    assert (result.updated, result.unchanged) == (1, 249)
+    assert sorted(mapped, key=int) == [str(n) for n in range(101, 201)]
+    assert (await env.cached("products"))["150"]["price"] == "1.23"
+    assert mapped and not (await poll()).updated and mapped == []
+
+    cached = await env.cached("products")
+    async with env.db.transaction(env.tenant_id) as uow:  # another writer deletes a product in the cache
+        await records.soft_delete(uow, connection_id=env.connection_id, entity="products", record_id=cached["5"]["id"])
+    assert "5" not in await env.cached("products")
+    result = await poll()
+    assert len(mapped) == 250 and result.updated == 1  # every page diffed: the record is back
+    assert (await env.cached("products"))["5"]["id"] == cached["5"]["id"]
+    assert (await poll()).unchanged == 250 and mapped == []  # and skipping resumes
+
+    del env.store.products[10]  # a deletion at the POS shifts every page after it
+    result = await poll()
+    assert result.deleted == 1 and "10" not in await env.cached("products")
+    assert len(mapped) == 249
+    assert (await poll()).unchanged == 249 and mapped == []
+
+    env.store.products[42].category_id = 999  # a new category: products map against a new id map
+    categories = await engine.run("categories")
+    assert categories.created == 1
+    await poll()
+    assert len(mapped) == 249  # the reference map is part of every page's fingerprint
+    category_id = (await env.cached("categories"))["999"]["id"]
+    assert (await env.cached("products"))["42"]["category_ids"] == [category_id]
+
+
 async def test_sync_of_a_sandbox_seeded_from_the_retail_csv(make_env) -> None:
     env = make_env(seed_csv=CSV, products=150)
     await env.connect()
