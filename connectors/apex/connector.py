@@ -202,7 +202,7 @@ class ApexConnector(Connector):
         ctx = self._ctx(maps)
         base = self.fingerprint_base(entity, _MAPPINGS[entity].digest, self.settings, maps)
         async for page in self._pager().pages(client, path, start=checkpoint):
-            yield Page(load=lambda raws=page.records: [self._record(entity, raw, ctx) for raw in raws],
+            yield Page(load=lambda page=page: [self._record(entity, raw, ctx) for raw in page.records],
                        checkpoint=page.next_position, fingerprint=page_fingerprint(base, page.digest))
 
     async def _fetch_products(self, client: VendorClient, checkpoint: dict[str, Any] | None) -> AsyncIterator[Page]:

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import delete, func, insert, select, update
 
 from gateway import jsonutil
@@ -250,7 +251,7 @@ class SyncEngine:
                 return {}
             rows = (await conn.execute(select(t.sync_pages.c.fingerprint, t.sync_pages.c.remote_ids).where(
                 t.sync_pages.c.connection_id == self.connection_id, t.sync_pages.c.entity == entity))).all()
-        return {row.fingerprint: jsonutil.loads(row.remote_ids) for row in rows}
+        return {row.fingerprint: orjson.loads(row.remote_ids) for row in rows}  # lists of strings
 
     async def _store_pages(self, uow: Any, entity: str, pages: dict[str, list[str]]) -> None:
         """Make ``sync_pages`` of the entity exactly ``pages`` (writing only the difference)."""
