@@ -673,7 +673,7 @@ async def test_prefetch_asks_for_the_next_page_early_and_cancels_it_when_the_cal
         if page == 2:
             await release.wait()  # page 2 hangs until released (or cancelled)
         asked.append(f"end {page}")
-        body = '{"data": [{"id": %d, "price": 1.10}], "total": 3, "page": %d}' % (page, page)
+        body = f'{{"data": [{{"id": {page}, "price": 1.10}}], "total": 3, "page": {page}}}'
         return httpx.Response(200, content=body.encode(), headers={"Content-Type": "application/json"})
 
     client, _ = make_client(vendor)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -99,6 +100,22 @@ class UpsertItem:
     event_type: str | None = None
 
 
+# Statements of the sync's hot path, built once (building SQLAlchemy expressions per page costs
+# more than running them).
+_SELECT_BY_REMOTE_IDS = select(t.records).where(
+    t.records.c.connection_id == bindparam("b_connection"),
+    t.records.c.entity == bindparam("b_entity"),
+    t.records.c.remote_id.in_(bindparam("b_remote_ids", expanding=True)),
+)
+_SELECT_FOR_UPDATE = _SELECT_BY_REMOTE_IDS.with_for_update()
+_INSERT = insert(t.records)
+_UPDATE = update(t.records).where(t.records.c.id == bindparam("b_id")).values(
+    data=bindparam("b_data"), raw=bindparam("b_raw"), sku=bindparam("b_sku"), content_hash=bindparam("b_hash"),
+    remote_updated_at=bindparam("b_remote_updated_at"), updated_at=bindparam("b_now"), deleted_at=None,
+)
+_UPDATE_RAW = update(t.records).where(t.records.c.id == bindparam("b_id")).values(raw=bindparam("b_raw"))
+
+
 def content_hash(body: dict[str, Any]) -> str:
     """SHA-256 hex of the canonical JSON of an object's entity fields."""
     return hashlib.sha256(jsonutil.dumps_sorted(body)).hexdigest()
@@ -166,19 +183,17 @@ async def upsert_many(
     """
     prepared = []
     for item in items:
-        body = jsonutil.loads(jsonutil.dumps(item.body))  # normalise to JSON types (Decimal kept exact)
+        # Normalise to what is stored: Decimal and datetime become strings (exact), so the hash
+        # and the comparison with the stored version see the same JSON types. orjson reads back
+        # what jsonutil.dumps wrote; a mapped body holds no float for it to read differently.
+        body = orjson.loads(jsonutil.dumps(item.body))
         prepared.append((item, body, content_hash(body)))
     stored: dict[str, dict[str, Any]] = {}
     remote_ids = list(dict.fromkeys(item.remote_id for item in items))
+    query = _SELECT_FOR_UPDATE if lock and uow.dialect == "postgresql" else _SELECT_BY_REMOTE_IDS
     for start in range(0, len(remote_ids), 500):
-        query = select(t.records).where(
-            t.records.c.connection_id == connection_id,
-            t.records.c.entity == entity,
-            t.records.c.remote_id.in_(remote_ids[start:start + 500]),
-        )
-        if lock and uow.dialect == "postgresql":
-            query = query.with_for_update()
-        for row in (await uow.conn.execute(query)).mappings():
+        params = {"b_connection": connection_id, "b_entity": entity, "b_remote_ids": remote_ids[start:start + 500]}
+        for row in (await uow.conn.execute(query, params)).mappings():
             stored[row["remote_id"]] = dict(row)
     now = jsonutil.utcnow()
     inserts: list[dict[str, Any]] = []
@@ -186,6 +201,7 @@ async def upsert_many(
     raw_updates: list[dict[str, Any]] = []
     sku_records: dict[str, tuple[dict[str, Any], bool]] = {}
     results: list[UpsertResult] = []
+    now_text = jsonutil.rfc3339(now)
     for item, body, digest in prepared:
         existing = stored.get(item.remote_id)
         raw_text = None if item.raw is None else jsonutil.dumps(item.raw).decode()
@@ -195,8 +211,8 @@ async def upsert_many(
                 "id": item.record_id or new_id(ID_KINDS[entity]),
                 "connection_id": connection_id,
                 "remote_id": item.remote_id,
-                "created_at": jsonutil.rfc3339(item.created_at or now),
-                "updated_at": jsonutil.rfc3339(now),
+                "created_at": now_text if item.created_at is None else jsonutil.rfc3339(item.created_at),
+                "updated_at": now_text,
                 "deleted_at": None,
             }
             record = render(common, body)
@@ -211,7 +227,7 @@ async def upsert_many(
             if entity == "products":
                 sku_records[common["id"]] = (body, True)
             changed = sorted(body)
-            uow.emit(_event_type(entity, "created", item.event_type), connection_id, record, changed)
+            uow.emit(_event_type(entity, "created", item.event_type), connection_id, record, changed, encoded=data)
             results.append(UpsertResult("created", record, changed))
             continue
         if (
@@ -232,7 +248,7 @@ async def upsert_many(
         changed = sorted(key for key in set(body) | set(old_body) if body.get(key) != old_body.get(key))
         if existing["deleted_at"] is not None:
             changed.append("deleted_at")
-        common = {**previous, "updated_at": jsonutil.rfc3339(now), "deleted_at": None}
+        common = {**previous, "updated_at": now_text, "deleted_at": None}
         record = render(common, body)
         data = jsonutil.dumps(record).decode()
         values = {
@@ -246,23 +262,16 @@ async def upsert_many(
         action = "created" if existing["deleted_at"] is not None else "updated"
         existing.update(data=data, raw=values["b_raw"], content_hash=digest, deleted_at=None,
                         remote_updated_at=values["b_remote_updated_at"])
-        uow.emit(_event_type(entity, action, item.event_type), connection_id, record, changed)
+        uow.emit(_event_type(entity, action, item.event_type), connection_id, record, changed, encoded=data)
         results.append(UpsertResult("updated", record, changed))
     if inserts:
-        await uow.conn.execute(insert(t.records), inserts)
+        await uow.conn.execute(_INSERT, inserts)
     if updates:
-        await uow.conn.execute(
-            update(t.records).where(t.records.c.id == bindparam("b_id")).values(
-                data=bindparam("b_data"), raw=bindparam("b_raw"), sku=bindparam("b_sku"),
-                content_hash=bindparam("b_hash"), remote_updated_at=bindparam("b_remote_updated_at"),
-                updated_at=now, deleted_at=None,
-            ),
-            updates,
-        )
+        for values in updates:
+            values["b_now"] = now
+        await uow.conn.execute(_UPDATE, updates)
     if raw_updates:
-        await uow.conn.execute(
-            update(t.records).where(t.records.c.id == bindparam("b_id")).values(raw=bindparam("b_raw")), raw_updates
-        )
+        await uow.conn.execute(_UPDATE_RAW, raw_updates)
     if sku_records:
         await _index_skus(uow, connection_id, sku_records)
     return results

@@ -40,7 +40,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from gateway import jsonutil
 from gateway.ids import new_id
@@ -54,6 +54,14 @@ ENTITY_ORDER = ("locations", "categories", "products", "customers", "inventory",
 DEFAULT_LOOKBACK = timedelta(minutes=5)
 #: At most this long between checkpoint saves while pages are being skipped.
 SKIP_CHECKPOINT_SECONDS = 2.0
+
+
+_COUNTS = ("pages", "seen", "created", "updated", "unchanged", "deleted")
+_SAVE_CHECKPOINT = update(t.sync_states).where(
+    t.sync_states.c.connection_id == bindparam("b_connection"), t.sync_states.c.entity == bindparam("b_entity"),
+).values(checkpoint=bindparam("b_checkpoint"), updated_at=bindparam("b_now"))
+_SAVE_COUNTS = update(t.sync_runs).where(t.sync_runs.c.id == bindparam("b_run")).values(
+    {name: bindparam(f"b_{name}") for name in _COUNTS})
 
 
 @dataclass
@@ -227,10 +235,13 @@ class SyncEngine:
 
     async def _save_checkpoint(self, uow: Any, entity: str, checkpoint: dict[str, Any] | None,
                                result: RunResult) -> None:
-        await self._save_state(
-            uow, entity, checkpoint=None if checkpoint is None else jsonutil.dumps(checkpoint).decode()
-        )
-        await self._save_run(uow, result)
+        """Save the position after a page and the run's counts (statements built once: per page)."""
+        await uow.conn.execute(_SAVE_CHECKPOINT, {
+            "b_connection": self.connection_id, "b_entity": entity, "b_now": jsonutil.utcnow(),
+            "b_checkpoint": None if checkpoint is None else jsonutil.dumps(checkpoint).decode(),
+        })
+        await uow.conn.execute(_SAVE_COUNTS, {"b_run": result.run_id, **{f"b_{name}": getattr(result, name)
+                                                                          for name in _COUNTS}})
 
     async def _cache_mark(self, conn: Any, entity: str) -> str:
         """``"<live>:<deleted>:<newest updated_at>"`` of the entity's cache rows: any write changes it."""

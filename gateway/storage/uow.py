@@ -12,12 +12,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import jsonutil
 from gateway.ids import new_id
 from gateway.storage import tables as t
+
+# Built once: every write transaction runs them.
+_RESERVE_SEQS = (
+    update(t.event_counters)
+    .where(t.event_counters.c.tenant_id == bindparam("b_tenant"))
+    .values(last_seq=t.event_counters.c.last_seq + bindparam("b_count"))
+    .returning(t.event_counters.c.last_seq)
+)
+_INSERT_EVENTS = insert(t.events)
 
 
 @dataclass
@@ -30,6 +39,7 @@ class PendingEvent:
     changed: list[str]
     id: str = field(default_factory=lambda: new_id("event"))
     seq: int | None = None
+    encoded: str | None = None  # ``data`` as JSON text, when the caller has it already
 
 
 class UnitOfWork:
@@ -50,15 +60,19 @@ class UnitOfWork:
         self.after_commit: list[Callable[[], None]] = []
         self.committed = False
 
-    def emit(self, type: str, connection_id: str | None, data: dict[str, Any], changed: list[str]) -> PendingEvent:
+    def emit(self, type: str, connection_id: str | None, data: dict[str, Any], changed: list[str],
+             *, encoded: str | None = None) -> PendingEvent:
         """Queue an event; it commits with the transaction or not at all.
+
+        ``encoded``: ``data`` already encoded by :func:`gateway.jsonutil.dumps` (a record's stored
+        text), to save encoding it again; it must be exactly that encoding of ``data``.
 
         Raises:
             RuntimeError: the unit of work has no tenant.
         """
         if self.tenant_id is None:
             raise RuntimeError("this transaction has no tenant to emit events for")
-        pending = PendingEvent(type=type, connection_id=connection_id, data=data, changed=changed)
+        pending = PendingEvent(type=type, connection_id=connection_id, data=data, changed=changed, encoded=encoded)
         self.events.append(pending)
         return pending
 
@@ -67,12 +81,7 @@ class UnitOfWork:
         if not self.events:
             return
         count = len(self.events)
-        result = await self.conn.execute(
-            update(t.event_counters)
-            .where(t.event_counters.c.tenant_id == self.tenant_id)
-            .values(last_seq=t.event_counters.c.last_seq + count)
-            .returning(t.event_counters.c.last_seq)
-        )
+        result = await self.conn.execute(_RESERVE_SEQS, {"b_tenant": self.tenant_id, "b_count": count})
         row = result.first()
         if row is None:
             raise RuntimeError(f"tenant {self.tenant_id} has no event counter")
@@ -89,8 +98,8 @@ class UnitOfWork:
                     "type": pending.type,
                     "connection_id": pending.connection_id,
                     "occurred_at": now,
-                    "data": jsonutil.dumps(pending.data).decode(),
+                    "data": pending.encoded if pending.encoded is not None else jsonutil.dumps(pending.data).decode(),
                     "changed": jsonutil.dumps(pending.changed).decode(),
                 }
             )
-        await self.conn.execute(insert(t.events), rows)
+        await self.conn.execute(_INSERT_EVENTS, rows)
