@@ -179,22 +179,33 @@ async def test_scheduler_queues_due_polls_once_and_skips_local_connections(db, t
 
     from sqlalchemy import update
 
+    from connectors.local import LocalConnector
     from gateway.api.deps import Services
     from gateway.jsonutil import utcnow
     from gateway.settings import Settings
     from gateway.workers.dispatch import InProcessDispatcher, WorkerContext
     from gateway.workers.scheduler import schedule_polls
+    from gateway.workers.tasks import sync_dedupe_key
 
     FakeConnector.vendor = FakeVendor(3)
     settings = Settings(database_url=db.url, secret_keys=["A" * 43])
-    services = Services.build(settings, db=db, registry=ConnectorRegistry([FakeConnector]))
+    # Only these two plugins: other tests' connections (same database) are skipped as uninstalled.
+    services = Services.build(settings, db=db, registry=ConnectorRegistry([FakeConnector, LocalConnector],
+                                                                          load_entry_points=False))
     fake = await services.connections.create(tenant[0], ConnectionCreate(
         connector="fake", name="v", settings={"poll_interval_seconds": 60}))
     local = await services.connections.create(tenant[0], ConnectionCreate(connector="local", name="shop"))
     services.dispatcher = InProcessDispatcher(db, WorkerContext(db=db, services=services), sweep_every=3600)
+    async def fake_jobs() -> int:  # other tests' connections share this database: count this one's
+        async with db.read() as conn:
+            return (await conn.execute(select(func.count()).select_from(t.jobs).where(
+                t.jobs.c.dedupe_key == sync_dedupe_key(fake["id"])))).scalar_one()
+
     async with services.dispatcher:
         assert await schedule_polls(services) >= 1
-        assert await schedule_polls(services) == 0  # still queued: the dedupe key refuses a second one
+        assert await fake_jobs() == 1
+        await schedule_polls(services)
+        assert await fake_jobs() == 1  # still queued: the dedupe key refuses a second one
         await services.dispatcher.drain()
         states = await sync_states(db, fake["id"])
         assert states["products"]["status"] == "idle" and states["products"]["records"] == 3
@@ -208,7 +219,8 @@ async def test_scheduler_queues_due_polls_once_and_skips_local_connections(db, t
         async with db.transaction() as uow:  # a minute later
             await uow.conn.execute(update(t.sync_states).where(t.sync_states.c.connection_id == fake["id"])
                                    .values(last_started_at=utcnow() - timedelta(seconds=61)))
-        assert await schedule_polls(services) == 1
+        assert await schedule_polls(services) >= 1
+        assert await fake_jobs() == 2
         await services.dispatcher.drain()
 
 
