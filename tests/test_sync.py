@@ -161,6 +161,12 @@ async def test_sync_api_queues_jobs_that_the_embedded_worker_runs(db, tenant):
         products = state["entities"]["products"]
         assert products["status"] == "idle" and products["records"] == 6 and products["last_success_at"]
         assert products["lag_s"] >= 0 and state["syncs_from_vendor"] is True
+        run = state["runs"][0]  # the history, newest first
+        assert (run["entity"], run["status"], run["seen"], run["created"]) == ("products", "succeeded", 6, 6)
+        assert run["finished_at"] >= run["started_at"] and run["error"] is None
+        assert (await http.get(f"/v1/connections/{con}/sync?runs=0")).json()["runs"] == []
+        bad_runs = await http.get(f"/v1/connections/{con}/sync?runs=101")
+        assert bad_runs.status_code == 400 and bad_runs.json()["code"] == "invalid_parameter"
         listed = (await http.get(f"/v1/connections/{con}/products?limit=200")).json()["data"]
         assert sorted(p["remote_id"] for p in listed) == [str(n) for n in range(6)]
         bad = await http.post(f"/v1/connections/{con}/sync", json={"entities": ["orders"]})

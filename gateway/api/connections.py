@@ -13,7 +13,7 @@ from gateway.api.http import json_response, parse_model, query_int, query_text, 
 from gateway.errors import OperationNotSupported, ValidationFailed, VendorUnavailable
 from gateway.model import ConnectionCreate, ConnectionUpdate, SyncRequest
 from gateway.sdk.connector import Connector
-from gateway.services.sync import SyncEngine, sync_states
+from gateway.services.sync import SyncEngine, sync_history, sync_states
 from gateway.workers.tasks import sync_dedupe_key
 
 
@@ -110,8 +110,15 @@ async def start_sync(request: Request) -> Response:
 
 
 async def sync_status(request: Request) -> Response:
-    """``GET /v1/connections/{connection_id}/sync``: per-entity sync state."""
+    """``GET /v1/connections/{connection_id}/sync[?runs=20]``: per-entity sync state and the last
+    ``runs`` (0-100) sync runs, newest first (the history).
+
+    Raises:
+        BadRequest: ``runs`` is not an integer from 0 to 100.
+        NotFound: no such connection for this tenant.
+    """
     tenant_id = await authenticate(request)
+    runs = query_int(request, "runs", 20, 0, 100)
     svc = services(request)
     connector = await svc.connections.connector_for(tenant_id, request.path_params["connection_id"])
     states = await sync_states(svc.db, connector.context.id)
@@ -122,7 +129,7 @@ async def sync_status(request: Request) -> Response:
             "last_error": None, "records": None, "lag_s": None,
         }
     return json_response({"connection_id": connector.context.id, "syncs_from_vendor": _reads_from_vendor(connector),
-                          "entities": entities})
+                          "entities": entities, "runs": await sync_history(svc.db, connector.context.id, runs)})
 
 
 routes = [

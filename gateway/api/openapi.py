@@ -42,6 +42,21 @@ LIST_PARAMS = [
     _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}, "page size"),
     _param("cursor", "query", {"type": "string", "maxLength": 500}, "next_cursor of the previous page"),
 ]
+_COUNT = {"type": "integer", "minimum": 0}
+SYNC_RUN = {
+    "type": "object",
+    "required": ["id", "entity", "mode", "status", "pages", "seen", "created", "updated", "unchanged", "deleted",
+                 "error", "started_at", "finished_at"],
+    "properties": {
+        "id": {"type": "string"}, "entity": {"type": "string"},
+        "mode": {"type": "string", "enum": ["full", "incremental"]},
+        "status": {"type": "string", "enum": ["running", "succeeded", "failed"]},
+        **{name: _COUNT for name in ("pages", "seen", "created", "updated", "unchanged", "deleted")},
+        "error": {"type": ["string", "null"]},
+        "started_at": {"type": "string", "format": "date-time"},
+        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+    },
+}
 ERRORS_READ = ("400", "401", "404", "429")
 ERRORS_WRITE = ("400", "401", "404", "409", "413", "415", "422", "429", "502", "503", "504")
 ERROR_TEXT = {
@@ -110,12 +125,14 @@ def _paths() -> dict[str, Any]:
                                     "properties": {"connection_id": {"type": "string"}, "mode": {"type": "string"},
                                                    "jobs": {"type": "array", "items": {"type": "object"}}}}),
                         params=cp, request=m.SyncRequest, body_optional=True, errors=ERRORS_WRITE),
-            "get": _op("Per-entity sync state", tag="connections",
-                       ok=("200", {"type": "object", "required": ["connection_id", "entities"],
+            "get": _op("Per-entity sync state and the latest sync runs", tag="connections",
+                       ok=("200", {"type": "object", "required": ["connection_id", "entities", "runs"],
                                    "properties": {"connection_id": {"type": "string"},
                                                   "syncs_from_vendor": {"type": "boolean"},
-                                                  "entities": {"type": "object"}}}),
-                       params=cp),
+                                                  "entities": {"type": "object"},
+                                                  "runs": {"type": "array", "items": SYNC_RUN}}}),
+                       params=cp + [_param("runs", "query", {"type": "integer", "minimum": 0, "maximum": 100,
+                                                              "default": 20}, "how many recent runs to list")]),
         },
         f"{conn}/products/{{product_id}}": {
             "patch": _op("Update a product at the POS", tag="products", ok=("200", _ref("Product")),

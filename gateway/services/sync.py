@@ -358,3 +358,21 @@ async def sync_states(db: Database, connection_id: str) -> dict[str, dict[str, A
             "lag_s": None if row.last_success_at is None else round((now - row.last_success_at).total_seconds(), 3),
         }
     return out
+
+
+async def sync_history(db: Database, connection_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The connection's last ``limit`` sync runs, newest first, for ``GET /v1/connections/{id}/sync``:
+    ``{id, entity, mode, status, pages, seen, created, updated, unchanged, deleted, error,
+    started_at, finished_at}`` (times RFC 3339; ``finished_at`` ``None`` while running)."""
+    if limit <= 0:
+        return []
+    async with db.read() as conn:
+        rows = (await conn.execute(
+            select(t.sync_runs).where(t.sync_runs.c.connection_id == connection_id)
+            .order_by(t.sync_runs.c.started_at.desc(), t.sync_runs.c.id.desc()).limit(limit)
+        )).mappings().all()
+    return [{
+        "id": row["id"], "entity": row["entity"], "mode": row["mode"], "status": row["status"],
+        **{name: row[name] for name in _COUNTS}, "error": row["error"],
+        "started_at": jsonutil.rfc3339(row["started_at"]), "finished_at": jsonutil.rfc3339(row["finished_at"]),
+    } for row in rows]
