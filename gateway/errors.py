@@ -125,6 +125,19 @@ class OperationNotSupported(ValidationFailed):
     code, title = "operation_not_supported", "The connector does not support this operation"
 
 
+class WebhookMalformed(BadRequest):
+    """An inbound vendor webhook whose headers or body cannot be read (400)."""
+
+    code, title = "webhook_malformed", "The webhook delivery is malformed"
+
+
+class WebhookSignatureInvalid(Unauthorized):
+    """An inbound vendor webhook whose signature does not verify, or whose timestamp is outside the
+    replay window (401)."""
+
+    code, title = "webhook_signature_invalid", "The webhook signature does not verify"
+
+
 class RateLimited(TillgateError):
     status, code, title = 429, "rate_limited", "Too many requests"
 

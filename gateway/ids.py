@@ -29,6 +29,7 @@ PREFIXES = {
     "event": "evt",
     "webhook_endpoint": "whe",
     "delivery": "dlv",
+    "inbound_delivery": "inb",
     "request": "req",
     "job": "job",
     "sync_run": "run",

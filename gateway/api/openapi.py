@@ -173,6 +173,17 @@ def _paths() -> dict[str, Any]:
                                     _param("location_id", "path", {"type": "string"}, "loc_...", True)],
                        request=m.CountSet, errors=ERRORS_WRITE, idempotent=False),
         },
+        "/hooks/{connection_id}": {
+            "post": {
+                **_op("Inbound vendor webhook (the vendor calls this; its signature authenticates it)", tag="webhooks",
+                      ok=("200", {"type": "object", "required": ["received", "id", "duplicate"],
+                                  "properties": {"received": {"const": True}, "id": {"type": "string"},
+                                                 "duplicate": {"type": "boolean"}}}),
+                      params=cp, errors=("400", "401", "404", "413", "422"), auth=False),
+                "requestBody": {"required": True, "description": "the vendor's event, exactly as it signed it",
+                                "content": {"application/json": {"schema": {}}}},
+            },
+        },
         "/v1/events": {
             "get": _op("The change log, in seq order", tag="events",
                        ok=("200", {"type": "object", "required": ["data", "next_after"], "additionalProperties": False,

@@ -6,7 +6,7 @@ the entry-point group ``tillgate.connectors``.
 """
 
 from gateway.sdk.auth import ApiKeyHeader, AuthFlowFailed, BearerToken, LoginWithRefresh, TokenSet
-from gateway.sdk.connector import ConnectionContext, Connector, load_manifest
+from gateway.sdk.connector import ConnectionContext, Connector, InboundEvent, load_manifest
 from gateway.sdk.http import (
     BreakerPolicy,
     RetryPolicy,
@@ -27,6 +27,7 @@ __all__ = [
     "Connector",
     "ConnectorRegistry",
     "CursorPaginator",
+    "InboundEvent",
     "LoginWithRefresh",
     "ManifestInvalid",
     "OffsetPaginator",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -41,6 +41,24 @@ class RemoteRecord:
     raw: Any = None
     remote_updated_at: datetime | None = None
     created_at: datetime | None = None
+
+
+@dataclass
+class InboundEvent:
+    """A vendor webhook delivery, verified and parsed by :meth:`Connector.verify_webhook`.
+
+    Attributes:
+        id: the vendor's event id: deliveries are deduplicated on (connection, id), so the
+            vendor's retries and duplicates are stored once.
+        type: the vendor's event type (``sale.created``).
+        occurred_at: when the vendor says the event happened (aware UTC), if it says.
+        payload: the parsed body (exact decimals), handed back to :meth:`Connector.apply_webhook`.
+    """
+
+    id: str
+    type: str
+    occurred_at: datetime | None
+    payload: Any
 
 
 class Page:
@@ -213,6 +231,36 @@ class Connector:
             gateway.errors.VendorError: the vendor failed (retryable or not).
         """
         raise self._unsupported(f"reading {entity} from the vendor")
+
+    # -- inbound webhooks ---------------------------------------------------------------------------
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes, now: float) -> InboundEvent:
+        """Check a delivery to ``POST /hooks/{connection_id}`` and parse it, before it is stored.
+
+        Runs in the API process on every delivery, so keep it cheap and synchronous: signature,
+        timestamp tolerance, JSON parse. No I/O.
+
+        Args:
+            headers: the request headers (case-insensitive mapping).
+            body: the raw body bytes, exactly as received (what the vendor signed).
+            now: the current Unix time in seconds (for the replay window).
+
+        Raises:
+            gateway.errors.WebhookSignatureInvalid: no, a wrong or a stale signature (401).
+            gateway.errors.WebhookMalformed: unreadable headers or body (400).
+            OperationNotSupported: the connector receives no webhooks (the default).
+        """
+        raise self._unsupported("webhooks")
+
+    async def apply_webhook(self, event: InboundEvent) -> None:
+        """Bring the records cache up to date with a stored delivery (run by a worker, maybe more
+        than once for one event: it must be idempotent). Fetch the object from the vendor when the
+        payload is thin; upsert with the vendor's ``updated_at`` as ``remote_updated_at`` so an
+        older version (a late poll, an out-of-order delivery) never overwrites a newer one.
+
+        Raises:
+            gateway.errors.VendorError: the vendor could not be asked (the worker retries).
+        """
+        raise self._unsupported("webhooks")
 
     # -- writes ---------------------------------------------------------------------------------
     def _unsupported(self, what: str) -> OperationNotSupported:

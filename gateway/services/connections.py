@@ -193,6 +193,20 @@ class ConnectionService:
         )
         return cls(context, self.db)
 
+    async def connector_by_id(self, connection_id: str) -> Connector:
+        """The connector of a live connection found by id alone, for vendor calls that carry no
+        API key (``POST /hooks/{connection_id}``: the connector's signature check authenticates).
+
+        Raises:
+            NotFound: no live connection with this id.
+        """
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(t.connections.c.tenant_id).where(
+                t.connections.c.id == connection_id, t.connections.c.deleted_at.is_(None)))).first()
+        if row is None:
+            raise NotFound(f"no connection {connection_id!r}")
+        return await self.connector_for(row.tenant_id, connection_id)
+
     async def rotate_credentials(self) -> tuple[int, list[str]]:
         """Re-encrypt every connection's credentials with the primary key.
 

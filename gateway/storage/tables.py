@@ -295,6 +295,36 @@ class SyncPageRow(SQLModel, table=True):
     remote_ids: str = Field(sa_column=Column(Text, nullable=False))
 
 
+class WebhookInboxRow(SQLModel, table=True):
+    """An inbound vendor webhook delivery, stored before ``POST /hooks/{connection_id}`` answers 2xx.
+
+    One row per (connection, vendor event id): the vendor's retries and duplicates find the row
+    and add nothing. ``status``: ``received`` → ``processed`` (the cache is up to date with it)
+    or ``failed`` (every attempt failed; ``last_error`` says why). ``body`` is the raw body as
+    received (UTF-8 text), ``job_id`` the job that processes it.
+    """
+
+    __tablename__ = "webhook_inbox"
+    __table_args__ = (
+        Index("ux_webhook_inbox_event", "connection_id", "vendor_event_id", unique=True),
+        Index("ix_webhook_inbox_status", "status", "received_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40)
+    connection_id: str = Field(foreign_key="connections.id", max_length=40)
+    vendor_event_id: str = Field(max_length=200)
+    event_type: str = Field(max_length=100)
+    occurred_at: datetime | None = None
+    received_at: datetime
+    body: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="received", max_length=10)
+    job_id: str | None = Field(default=None, max_length=40)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    processed_at: datetime | None = None
+
+
 class SyncRunRow(SQLModel, table=True):
     """One sync run of one entity: its mode, outcome and counts (the sync history)."""
 
@@ -335,3 +365,4 @@ jobs = JobRow.__table__
 sync_states = SyncStateRow.__table__
 sync_runs = SyncRunRow.__table__
 sync_pages = SyncPageRow.__table__
+webhook_inbox = WebhookInboxRow.__table__

@@ -21,6 +21,7 @@ from gateway import jsonutil
 from gateway.ids import new_id
 from gateway.storage import tables as t
 from gateway.storage.db import Database
+from gateway.storage.uow import UnitOfWork
 
 #: Seconds before retry n (1-based) of a failed job, capped; jitter is added on top.
 BACKOFF_SECONDS = (5, 30, 120, 600, 1800, 3600)
@@ -74,13 +75,8 @@ async def enqueue(
                 ).first()
                 if existing is not None:
                     return existing[0], False
-            await uow.conn.execute(
-                insert(t.jobs).values(
-                    id=job_id, tenant_id=tenant_id, kind=kind, payload=jsonutil.dumps(payload).decode(),
-                    dedupe_key=dedupe_key, status="queued", attempts=0, max_attempts=max_attempts,
-                    run_after=run_after or now, created_at=now, updated_at=now,
-                )
-            )
+            await _insert(uow.conn, job_id, kind, payload, tenant_id=tenant_id, dedupe_key=dedupe_key,
+                          run_after=run_after or now, max_attempts=max_attempts, now=now)
     except IntegrityError:  # another process queued the same key between our check and insert
         async with db.read() as conn:
             row = (
@@ -94,6 +90,30 @@ async def enqueue(
             raise
         return row[0], False
     return job_id, True
+
+
+async def _insert(conn: Any, job_id: str, kind: str, payload: dict[str, Any], *, tenant_id: str | None,
+                  dedupe_key: str | None, run_after: datetime, max_attempts: int, now: datetime) -> None:
+    await conn.execute(
+        insert(t.jobs).values(
+            id=job_id, tenant_id=tenant_id, kind=kind, payload=jsonutil.dumps(payload).decode(),
+            dedupe_key=dedupe_key, status="queued", attempts=0, max_attempts=max_attempts,
+            run_after=run_after, created_at=now, updated_at=now,
+        )
+    )
+
+
+async def enqueue_in(uow: UnitOfWork, kind: str, payload: dict[str, Any], *, tenant_id: str | None = None,
+                     max_attempts: int = 8) -> str:
+    """Queue a job inside the caller's transaction (no dedupe key): the job exists if and only if
+    the caller's writes commit, so work stored with it can never be left without its job. Ring
+    the dispatcher after the commit (``uow.after_commit``); until then, or if that ring is lost,
+    the sweeper finds the row."""
+    now = jsonutil.utcnow()
+    job_id = new_id("job")
+    await _insert(uow.conn, job_id, kind, payload, tenant_id=tenant_id, dedupe_key=None, run_after=now,
+                  max_attempts=max_attempts, now=now)
+    return job_id
 
 
 async def claim(db: Database, job_id: str, *, lease_seconds: float = 300) -> Job | None:

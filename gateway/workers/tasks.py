@@ -6,11 +6,15 @@ before inventory and orders), one job per connection so they never run out of or
 at the first failure; a retryable vendor failure is retried after the vendor's ``Retry-After``
 when it gave one (else backoff). On retry the finished entities re-run as cheap hash-diffed
 polls and the failed one resumes from its checkpoint.
+
+``webhook``: payload ``{"inbox_id"}``; applies one stored inbound vendor delivery
+(:func:`gateway.services.inbox.process`).
 """
 
 from __future__ import annotations
 
 from gateway.errors import VendorError
+from gateway.services import inbox
 from gateway.services.sync import ENTITY_ORDER, SyncEngine
 from gateway.workers.dispatch import REGISTRY, RetryLater, WorkerContext
 from gateway.workers.jobs import Job, backoff
@@ -25,6 +29,20 @@ async def run_sync(ctx: WorkerContext, job: Job) -> None:
     try:
         for entity in [e for e in ENTITY_ORDER if e in wanted]:
             await engine.run(entity, mode=job.payload.get("mode", "auto"))
+    except VendorError as exc:
+        if not exc.retryable:
+            raise
+        retry_after = exc.extra.get("retry_after")
+        raise RetryLater(exc.detail, float(retry_after) if retry_after else backoff(job.attempts)) from exc
+
+
+@REGISTRY.register(inbox.JOB_KIND)
+async def run_webhook(ctx: WorkerContext, job: Job) -> None:
+    """Apply one stored inbound delivery (payload ``{"inbox_id"}``) to the records cache; a
+    retryable vendor failure is retried after its ``Retry-After`` (else backoff)."""
+    try:
+        await inbox.process(ctx.db, ctx.services.connections, job.payload["inbox_id"], attempt=job.attempts,
+                            last_attempt=job.attempts >= job.max_attempts)
     except VendorError as exc:
         if not exc.retryable:
             raise

@@ -1,0 +1,225 @@
+"""Inbound vendor webhooks: ``POST /hooks/{connection_id}``, the inbox and the ``webhook`` job.
+
+A small connector (``hooked``) signs with HMAC-SHA256 over ``"<t>.<body>"`` and applies product
+events with the vendor's ``updated_at`` as the version; the AI POS connector's own scheme is
+tested in ``tests/test_aipos_connector.py``. Runs on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import time
+from datetime import datetime
+from typing import Any, ClassVar
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from gateway import jsonutil
+from gateway.errors import WebhookMalformed, WebhookSignatureInvalid
+from gateway.sdk.connector import Connector, InboundEvent
+from gateway.sdk.registry import ConnectorRegistry
+from gateway.services import records
+from gateway.storage import tables as t
+
+SECRET = "whsec_test_secret"
+
+
+def _product(name: str, price: str) -> dict[str, Any]:
+    return {"sku": None, "barcode": None, "name": name, "description": None, "translations": {},
+            "category_ids": [], "price": price, "cost": None, "currency": "GBP", "tax_rate": "0",
+            "tax_inclusive": False, "taxes": [], "unit": "each", "track_inventory": True, "active": True,
+            "variants": []}
+
+
+class HookedConnector(Connector):
+    """Receives ``product.updated`` deliveries: ``{"id", "type", "product": {"id", "name", "price",
+    "updated_at"}}`` signed ``X-Sig: t=<unix>,v1=<hex>``; fails ``apply`` while ``failing`` is set."""
+
+    manifest: ClassVar[dict[str, Any]] = {
+        "name": "hooked", "version": "0.1.0", "title": "Hooked vendor",
+        "credentials_schema": {"type": "object", "properties": {"webhook_secret": {"type": "string"}}},
+        "settings_schema": {"type": "object"},
+        "capabilities": {"products": {"read": False, "webhooks": True}},
+        "webhooks": {"events": ["product.updated"], "tolerance_seconds": 300},
+    }
+    failing: ClassVar[int] = 0  # apply_webhook raises this many more times
+    applied: ClassVar[list[str]] = []
+
+    def verify_webhook(self, headers: Any, body: bytes, now: float) -> InboundEvent:
+        header = headers.get("x-sig")
+        if not header:
+            raise WebhookSignatureInvalid("no X-Sig header")
+        try:
+            parts = dict(item.split("=", 1) for item in header.split(","))
+            stamp = int(parts["t"])
+            given_sig = parts["v1"]
+        except (ValueError, KeyError) as exc:
+            raise WebhookMalformed("X-Sig must be t=<unix>,v1=<hex>") from exc
+        secret = self.context.credentials.get("webhook_secret", "")
+        expected = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+        if not secret or not hmac.compare_digest(expected.encode(), given_sig.encode("utf-8", "surrogateescape")):
+            raise WebhookSignatureInvalid("the signature does not verify")
+        if abs(now - stamp) > 300:
+            raise WebhookSignatureInvalid("the signature is too old")
+        try:
+            doc = jsonutil.loads(body)
+            return InboundEvent(id=str(doc["id"]), type=str(doc["type"]), occurred_at=None, payload=doc)
+        except (jsonutil.MalformedJSON, KeyError, TypeError) as exc:
+            raise WebhookMalformed("the body is not an event") from exc
+
+    async def apply_webhook(self, event: InboundEvent) -> None:
+        if HookedConnector.failing:
+            HookedConnector.failing -= 1
+            raise RuntimeError("the cache is unavailable")
+        product = event.payload["product"]
+        async with self.db.transaction(self.context.tenant_id) as uow:
+            await records.upsert(uow, connection_id=self.context.id, entity="products", remote_id=product["id"],
+                                 body=_product(product["name"], product["price"]), raw=product,
+                                 remote_updated_at=datetime.fromisoformat(product["updated_at"]))
+        HookedConnector.applied.append(event.id)
+
+
+def sign(body: bytes, stamp: int | None = None, secret: str = SECRET) -> dict[str, str]:
+    stamp = int(time.time()) if stamp is None else stamp
+    digest = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return {"X-Sig": f"t={stamp},v1={digest}", "Content-Type": "application/json"}
+
+
+def event(event_id: str, price: str, updated_at: str, remote_id: str = "p1") -> bytes:
+    return json.dumps({"id": event_id, "type": "product.updated", "product": {
+        "id": remote_id, "name": "Mug", "price": price, "updated_at": updated_at}}).encode()
+
+
+@pytest.fixture
+async def gateway(db, tenant):
+    """(http client on the app with an embedded dispatcher, connection id, services)."""
+    from connectors.local import LocalConnector
+    from gateway.api.app import create_app
+    from gateway.api.deps import Services
+    from gateway.settings import Settings
+
+    HookedConnector.failing, HookedConnector.applied = 0, []
+    settings = Settings(database_url=db.url, secret_keys=[base64.urlsafe_b64encode(os.urandom(32)).decode()])
+    services = Services.build(settings, db=db, registry=ConnectorRegistry([HookedConnector, LocalConnector],
+                                                                         load_entry_points=False))
+    app = create_app(settings, services=services)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t",
+        headers={"Authorization": f"Bearer {tenant[1]}"},
+    ) as http:
+        created = await http.post("/v1/connections", json={"connector": "hooked", "name": "v",
+                                                           "credentials": {"webhook_secret": SECRET}})
+        assert created.status_code == 201, created.text
+        yield http, created.json()["id"], services
+
+
+async def cached(http: httpx.AsyncClient, con: str) -> list[dict[str, Any]]:
+    return (await http.get(f"/v1/connections/{con}/products?include_deleted=true")).json()["data"]
+
+
+async def test_a_delivery_is_stored_acknowledged_and_applied_once(gateway, db):
+    http, con, services = gateway
+    body = event("evt_1", "4.50", "2026-03-01T10:00:00+00:00")
+    answer = await http.post(f"/hooks/{con}", content=body, headers={**sign(body), "Authorization": ""})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["received"] is True and answer.json()["duplicate"] is False
+    again = await http.post(f"/hooks/{con}", content=body, headers=sign(body))  # the vendor's retry
+    assert again.status_code == 200 and again.json() == {**answer.json(), "duplicate": True}
+    await services.dispatcher.drain()
+    products = await cached(http, con)
+    assert [(p["remote_id"], p["price"]) for p in products] == [("p1", "4.50")]
+    assert HookedConnector.applied == ["evt_1"]
+    async with db.read() as conn:
+        rows = (await conn.execute(select(t.webhook_inbox).where(t.webhook_inbox.c.connection_id == con))).all()
+        events = (await conn.execute(select(func.count()).select_from(t.events).where(
+            t.events.c.connection_id == con, t.events.c.type == "product.created"))).scalar_one()
+    assert [(r.vendor_event_id, r.status, r.attempts) for r in rows] == [("evt_1", "processed", 1)]
+    assert events == 1
+
+
+async def test_an_older_delivery_after_a_newer_one_changes_nothing(gateway):
+    http, con, services = gateway
+    newer = event("evt_2", "6.00", "2026-03-01T12:00:00+00:00")
+    older = event("evt_1", "5.00", "2026-03-01T11:00:00+00:00")
+    for body in (newer, older):  # delivered out of order
+        assert (await http.post(f"/hooks/{con}", content=body, headers=sign(body))).status_code == 200
+        await services.dispatcher.drain()
+    assert [p["price"] for p in await cached(http, con)] == ["6.00"]
+    assert HookedConnector.applied == ["evt_2", "evt_1"]  # both processed; the older one was stale
+    events = (await http.get("/v1/events?after=0&type=product.*")).json()["data"]
+    assert [e["type"] for e in events if e["data"]["connection_id"] == con] == ["product.created"]
+
+
+async def test_bad_deliveries_get_clear_4xx_and_store_nothing(gateway, db):
+    http, con, _ = gateway
+    body = event("evt_9", "1.00", "2026-03-01T10:00:00+00:00")
+    cases = [
+        (body, {"Content-Type": "application/json"}, 401, "webhook_signature_invalid"),
+        (body, sign(body, secret="whsec_wrong"), 401, "webhook_signature_invalid"),
+        (body, sign(body, stamp=int(time.time()) - 3600), 401, "webhook_signature_invalid"),
+        (body + b" ", sign(body), 401, "webhook_signature_invalid"),  # tampered after signing
+        (body, {"X-Sig": "garbage"}, 400, "webhook_malformed"),
+        (b"{not json", sign(b"{not json"), 400, "webhook_malformed"),
+        (b"\xff\xfe", sign(b"\xff\xfe"), 400, "webhook_malformed"),
+    ]
+    for content, headers, status, code in cases:
+        answer = await http.post(f"/hooks/{con}", content=content, headers=headers)
+        assert answer.status_code == status, (content, headers, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert answer.json()["code"] == code
+    assert (await http.post("/hooks/con_unknown", content=body, headers=sign(body))).json()["code"] == "not_found"
+    local = (await http.post("/v1/connections", json={"connector": "local", "name": "shop"})).json()["id"]
+    refused = await http.post(f"/hooks/{local}", content=body, headers=sign(body))
+    assert refused.status_code == 422 and refused.json()["code"] == "operation_not_supported"
+    too_big = b"x" * (1024 * 1024 + 1)
+    assert (await http.post(f"/hooks/{con}", content=too_big, headers=sign(too_big))).status_code == 413
+    async with db.read() as conn:
+        assert (await conn.execute(select(func.count()).select_from(t.webhook_inbox).where(
+            t.webhook_inbox.c.connection_id == con))).scalar_one() == 0
+
+
+async def test_a_failing_delivery_is_retried_until_it_applies(gateway, db):
+    from gateway.workers import jobs
+
+    http, con, services = gateway
+    HookedConnector.failing = 1
+    body = event("evt_3", "7.00", "2026-03-01T10:00:00+00:00")
+    assert (await http.post(f"/hooks/{con}", content=body, headers=sign(body))).status_code == 200
+    await services.dispatcher.drain()
+    async with db.read() as conn:
+        row = (await conn.execute(select(t.webhook_inbox).where(t.webhook_inbox.c.connection_id == con))).one()
+    assert (row.status, row.attempts) == ("received", 1) and "cache is unavailable" in row.last_error
+    job = await jobs.get(db, row.job_id)
+    assert job["status"] == "queued" and job["attempts"] == 1  # backing off
+    async with db.transaction() as uow:  # time passes: the retry is due
+        await uow.conn.execute(t.jobs.update().where(t.jobs.c.id == row.job_id).values(run_after=jsonutil.utcnow()))
+    await services.dispatcher.sweep()
+    await services.dispatcher.drain()
+    async with db.read() as conn:
+        row = (await conn.execute(select(t.webhook_inbox).where(t.webhook_inbox.c.connection_id == con))).one()
+    assert (row.status, row.attempts, row.last_error) == ("processed", 2, None)
+    assert [p["price"] for p in await cached(http, con)] == ["7.00"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    header=st.one_of(st.none(), st.text(max_size=80),
+                     st.builds(lambda t_, v: f"t={t_},v1={v}", st.integers(-2**40, 2**40), st.text(max_size=70))),
+    body=st.binary(max_size=300),
+)
+async def test_fuzzed_signatures_and_bodies_never_answer_5xx(gateway, header, body):
+    http, con, _ = gateway
+    headers: dict[str, Any] = {"Content-Type": "application/json"}
+    if header is not None:  # any bytes a header can carry (not CR, LF or NUL)
+        headers["X-Sig"] = bytes(b for b in header.encode("utf-8", "surrogatepass") if b not in b"\r\n\0")
+    answer = await http.post(f"/hooks/{con}", content=body, headers=headers)
+    assert answer.status_code in (400, 401), answer.text
+    assert answer.json()["code"] in ("webhook_malformed", "webhook_signature_invalid")
