@@ -122,7 +122,7 @@ def test_import_rejects_a_file_of_the_wrong_shape(cli_env, tmp_path):
 
 def test_sandbox_names_the_installed_ones_when_asked_for_another(cli_env):
     result = CliRunner().invoke(app, ["sandbox", "nope"])
-    assert result.exit_code == 1 and "installed: apex" in result.output
+    assert result.exit_code == 1 and "installed: aipos, apex" in result.output
 
 
 def test_sync_refuses_a_connection_that_keeps_its_own_cache(cli_env):

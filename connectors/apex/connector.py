@@ -11,23 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from gateway import jsonutil
 from gateway.errors import Conflict, NotFound, ValidationFailed, VendorError
 from gateway.ids import new_id
 from gateway.mapping import MappingContext, MappingError, dumps_vendor_body, load_connector_mappings
 from gateway.sdk.auth import ApiKeyHeader
-from gateway.sdk.connector import Connector, Page, RemoteRecord, load_manifest, page_fingerprint
+from gateway.sdk.connector import Page, RemoteRecord, load_manifest, page_fingerprint
 from gateway.sdk.http import VendorClient
 from gateway.sdk.pagination import PageNumberPaginator
+from gateway.sdk.remote import RemoteConnector
 from gateway.services import records
 from gateway.services.adjustments import render_adjustment
 from gateway.storage import tables as t
@@ -63,58 +63,17 @@ class _Row:
         self.__dict__.update(values)
 
 
-class ApexConnector(Connector):
-    """Apex POS (``vendor-docs/apex-pos-api.txt``).
-
-    ``client_overrides`` (class attribute) is merged into the :class:`VendorClient` keyword
-    arguments; tests subclass the connector to inject ``transport``, ``sleep``, ``retry`` ...
-    Production leaves it empty.
-    """
+class ApexConnector(RemoteConnector):
+    """Apex POS (``vendor-docs/apex-pos-api.txt``): ``X-API-Key`` auth; the client, settings and id
+    maps come from :class:`~gateway.sdk.remote.RemoteConnector`."""
 
     manifest: ClassVar[dict[str, Any]] = load_manifest("connectors.apex")
-    client_overrides: ClassVar[dict[str, Any]] = {}
-
-    def __init__(self, context: Any, db: Any) -> None:
-        super().__init__(context, db)
-        self.settings: dict[str, Any] = {**self.default_settings(), **(context.settings or {})}
-        self._client: VendorClient | None = None
-        self._users = 0
+    health_fields: ClassVar[tuple[str, ...]] = ("business",)
 
     # -- transport ---------------------------------------------------------------------------------
-    def _make_client(self) -> VendorClient:
-        options: dict[str, Any] = {
-            "auth": ApiKeyHeader("X-API-Key", str(self.context.credentials.get("api_key") or "apx_missing")),
-            "rate_limit": self.manifest.get("rate_limit"),
-            "connection_id": self.context.id,
-            "on_health_change": self.health_changed,
-            "timeout": 30.0,
-            "headers": {"Accept": "application/json"},
-        }
-        options.update(self.client_overrides)
-        return VendorClient("apex", str(self.settings["base_url"]).rstrip("/"), **options)
-
-    @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[VendorClient]:
-        """The instance's client, opened on first use and closed when the outermost user ends."""
-        if self._client is None:
-            self._client = self._make_client()
-        client = self._client
-        self._users += 1
-        try:
-            yield client
-        finally:
-            self._users -= 1
-            if self._users == 0 and self._client is client:
-                self._client = None
-                await client.aclose()
-
-    @property
-    def page_size(self) -> int:
-        return max(1, min(100, int(self.settings.get("page_size") or 100)))
-
-    @property
-    def safety_stock(self) -> Decimal:
-        return Decimal(str(self.settings.get("safety_stock") or "0"))
+    def auth(self) -> ApiKeyHeader:
+        """``X-API-Key: apx_...`` (the doc's "Authentication")."""
+        return ApiKeyHeader("X-API-Key", str(self.context.credentials.get("api_key") or "apx_missing"))
 
     # -- life cycle --------------------------------------------------------------------------------
     async def check(self) -> None:
@@ -123,52 +82,6 @@ class ApexConnector(Connector):
             body = await client.json("GET", "/health")
         if not isinstance(body, dict) or body.get("status") != "ok":
             raise VendorError("Apex /health did not answer status ok", vendor="apex", code="vendor_invalid_response")
-
-    async def health(self) -> dict[str, Any]:
-        started = time.perf_counter()
-        try:
-            async with self._session() as client:
-                body = await client.json("GET", "/health")
-        except VendorError as exc:
-            return {"status": "unhealthy", "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-                    "error": exc.code, "detail": exc.detail}
-        ok = isinstance(body, dict) and body.get("status") == "ok"
-        return {"status": "ok" if ok else "unhealthy", "latency_ms": round((time.perf_counter() - started) * 1000, 1),
-                "business": body.get("business") if isinstance(body, dict) else None}
-
-    # -- id maps -------------------------------------------------------------------------------------
-    async def _id_map(self, entity: str, remote_ids: Iterable[str] | None = None) -> dict[str, str]:
-        """remote id -> gateway id of cached records (soft-deleted ones too: ids are stable)."""
-        query = select(t.records.c.remote_id, t.records.c.id).where(
-            t.records.c.connection_id == self.context.id, t.records.c.entity == entity
-        )
-        if remote_ids is not None:
-            wanted = sorted(set(remote_ids))
-            if not wanted:
-                return {}
-            query = query.where(t.records.c.remote_id.in_(wanted))
-        async with self.db.read() as conn:
-            return {row.remote_id: row.id for row in (await conn.execute(query)).all()}
-
-    async def _remote_map(self, entity: str, ids: Iterable[str | None]) -> dict[str, str]:
-        """gateway id -> remote id of live cached records."""
-        wanted = sorted({i for i in ids if i})
-        if not wanted:
-            return {}
-        async with self.db.read() as conn:
-            rows = (await conn.execute(select(t.records.c.id, t.records.c.remote_id).where(
-                t.records.c.connection_id == self.context.id, t.records.c.entity == entity,
-                t.records.c.id.in_(wanted), t.records.c.deleted_at.is_(None),
-            ))).all()
-        return {row.id: row.remote_id for row in rows}
-
-    def _ctx(self, maps: dict[str, dict[str, str]] | None = None, remote: dict[str, dict[str, str]] | None = None) -> MappingContext:
-        maps, remote = maps or {}, remote or {}
-        return MappingContext(
-            settings=self.settings,
-            resolve=lambda entity, rid: maps.get(entity, {}).get(rid),
-            remote=lambda entity, gid: remote.get(entity, {}).get(gid),
-        )
 
     def _record(self, entity: str, raw: dict[str, Any], ctx: MappingContext) -> RemoteRecord:
         remote_id, body = _MAPPINGS[entity].read(raw, ctx)
