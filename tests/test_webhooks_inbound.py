@@ -223,3 +223,105 @@ async def test_fuzzed_signatures_and_bodies_never_answer_5xx(gateway, header, bo
     answer = await http.post(f"/hooks/{con}", content=body, headers=headers)
     assert answer.status_code in (400, 401), answer.text
     assert answer.json()["code"] in ("webhook_malformed", "webhook_signature_invalid")
+
+
+async def test_an_aipos_sale_reaches_the_cache_through_its_webhook_once(db, tenant):
+    """End to end: the AI POS sandbox delivers signed webhooks to ``POST /hooks/{id}`` of the
+    gateway (in process). Every delivery is sent twice and batches are shuffled; a sale becomes
+    one order with one ``order.created``; its refund wins over a late replay of ``sale.created``."""
+    from typing import ClassVar as _ClassVar
+
+    from connectors.aipos import AIPOSConnector
+    from connectors.aipos.sandbox import create_app as aipos_app
+    from gateway.api.app import create_app
+    from gateway.api.deps import Services
+    from gateway.sdk.http import BreakerPolicy, RetryPolicy
+    from gateway.settings import Settings
+
+    gateway_app: dict[str, Any] = {}
+
+    async def to_gateway(scope: Any, receive: Any, send: Any) -> None:
+        await gateway_app["app"](scope, receive, send)
+
+    vendor = aipos_app(products=4, customers=2, sales=0, seed=3, webhook_transport=httpx.ASGITransport(app=to_gateway),
+                       webhook_retry_schedule=[0.01, 0.01], faults={"webhook_duplicate_rate": 1.0, "webhook_reorder": True})
+
+    async def instant(seconds: float) -> None:
+        return None
+
+    class SandboxAIPOS(AIPOSConnector):
+        client_overrides: _ClassVar[dict[str, Any]] = {
+            "transport": httpx.ASGITransport(app=vendor), "sleep": instant, "rate_limit": None,
+            "retry": RetryPolicy(attempts=5, max_total=60, backoff=0.001, backoff_max=0.01, jitter=0),
+            "breaker": BreakerPolicy(threshold=1000)}
+
+    settings_ = Settings(database_url=db.url, secret_keys=[base64.urlsafe_b64encode(os.urandom(32)).decode()])
+    services = Services.build(settings_, db=db, registry=ConnectorRegistry([SandboxAIPOS], load_entry_points=False))
+    gateway_app["app"] = app = create_app(settings_, services=services)
+    base = "http://aipos.test/aipos/api/v1"
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gateway.test",
+        headers={"Authorization": f"Bearer {tenant[1]}"},
+    ) as http, httpx.AsyncClient(transport=httpx.ASGITransport(app=vendor), base_url=base,
+                                 headers={"Authorization": "Bearer aipos_test_sandbox_key"}) as pos:
+        created = await http.post("/v1/connections", json={
+            "connector": "aipos", "name": "Pune", "credentials": {"api_key": "aipos_test_sandbox_key"},
+            "settings": {"base_url": base}})
+        assert created.status_code == 201, created.text
+        con = created.json()["id"]
+        endpoint = vendor.state.aipos.webhooks.register(f"http://gateway.test/hooks/{con}")
+        patched = await http.patch(f"/v1/connections/{con}", json={"credentials": {
+            "api_key": "aipos_test_sandbox_key", "webhook_secret": endpoint.secret}})
+        assert patched.status_code == 200, patched.text
+        assert (await http.post(f"/v1/connections/{con}/sync", json={"mode": "full"})).status_code == 202
+        await services.dispatcher.drain()
+        seq = max([0] + [e["seq"] for e in (await http.get("/v1/events?after=0&limit=1000")).json()["data"]])
+
+        product = (await pos.get("/products?limit=1")).json()["data"][0]
+        sale = await pos.post("/sales", json={"items": [{"product_id": product["id"], "qty": 2,
+                                                         "price": product["price"]}], "payment_method": "upi"})
+        assert sale.status_code == 201, sale.text
+        sale_id = sale.json()["id"]
+        await vendor.state.aipos.drain()
+        await services.dispatcher.drain()
+        orders = (await http.get(f"/v1/connections/{con}/orders?limit=200")).json()["data"]
+        mine = [o for o in orders if o["remote_id"] == sale_id]
+        assert len(mine) == 1, orders
+        new = (await http.get(f"/v1/events?after={seq}&type=order.*&limit=1000")).json()["data"]
+        assert [e["type"] for e in new] == ["order.created"]
+
+        sent = [d for d in vendor.state.aipos.webhooks.log if d.type == "sale.created"]
+        assert len(sent) == 2 and all(d.status == 200 for d in sent)  # the duplicate knob: twice on the wire
+        first_delivery = next(e for e in vendor.state.aipos.events if e.type == "sale.created" and e.id == sent[0].event_id)
+        refunded = await pos.post(f"/sales/{sale_id}/refund")
+        assert refunded.status_code == 200, refunded.text
+        await vendor.state.aipos.drain()
+        await services.dispatcher.drain()
+        replay_body = first_delivery.body
+        stamp = str(int(time.time()))
+        digest = hmac.new(endpoint.secret.encode(), f"{stamp}.{first_delivery.id}.".encode() + replay_body,
+                          hashlib.sha256).hexdigest()
+        late = await http.post(f"/hooks/{con}", content=replay_body, headers={
+            "AIPOS-Event-Id": first_delivery.id, "AIPOS-Signature": f"t={stamp},v1={digest}",
+            "Content-Type": "application/json"})
+        assert late.status_code == 200 and late.json()["duplicate"] is True
+        await services.dispatcher.drain()
+        order = next(o for o in (await http.get(f"/v1/connections/{con}/orders?limit=200")).json()["data"]
+                     if o["remote_id"] == sale_id)
+        assert order["status"] == "refunded"
+        new = (await http.get(f"/v1/events?after={seq}&type=order.*&limit=1000")).json()["data"]
+        assert [e["type"] for e in new] == ["order.created", "order.refunded"]
+
+        # A second sale refunded before either delivery leaves: the two are held and shuffled (and
+        # each sent twice); whichever comes first, the newer version (refunded) is what stays.
+        second = (await pos.post("/sales", json={"items": [{"product_id": product["id"], "qty": 1}],
+                                                "payment_method": "cash"})).json()["id"]
+        assert (await pos.post(f"/sales/{second}/refund")).status_code == 200
+        await vendor.state.aipos.drain()
+        await services.dispatcher.drain()
+        order = next(o for o in (await http.get(f"/v1/connections/{con}/orders?limit=200")).json()["data"]
+                     if o["remote_id"] == second)
+        assert order["status"] == "refunded"
+        mine = [e["type"] for e in (await http.get(f"/v1/events?after={seq}&type=order.*&limit=1000")).json()["data"]
+                if e["data"]["remote_id"] == second]
+        assert mine in (["order.created", "order.refunded"], ["order.created"])  # never created twice

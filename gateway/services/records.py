@@ -162,7 +162,8 @@ async def upsert(
         remote_updated_at: the vendor's modification time; an older one than stored is ignored.
         created_at: creation time at the vendor (defaults to now for new records).
         record_id: the id to give a new record (default: a new prefixed id).
-        event_type: override the event type (``order.refunded``); default ``<noun>.created|updated``.
+        event_type: the event type of an update (``order.refunded``); default ``<noun>.updated``. A new
+            record always emits ``<noun>.created`` (a refund seen before its sale creates a refunded order).
         lock: lock the existing row (``FOR UPDATE`` on PostgreSQL) before comparing.
 
     Returns:
@@ -227,7 +228,8 @@ async def upsert_many(
             if entity == "products":
                 sku_records[common["id"]] = (body, True)
             changed = sorted(body)
-            uow.emit(_event_type(entity, "created", item.event_type), connection_id, record, changed, encoded=data)
+            # a record seen for the first time is "created", whatever the change that brought it
+            uow.emit(_event_type(entity, "created", None), connection_id, record, changed, encoded=data)
             results.append(UpsertResult("created", record, changed))
             continue
         if (
