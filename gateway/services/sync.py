@@ -240,8 +240,7 @@ class SyncEngine:
             "b_connection": self.connection_id, "b_entity": entity, "b_now": jsonutil.utcnow(),
             "b_checkpoint": None if checkpoint is None else jsonutil.dumps(checkpoint).decode(),
         })
-        await uow.conn.execute(_SAVE_COUNTS, {"b_run": result.run_id, **{f"b_{name}": getattr(result, name)
-                                                                          for name in _COUNTS}})
+        await self._save_run(uow, result)
 
     async def _cache_mark(self, conn: Any, entity: str) -> str:
         """``"<live>:<deleted>:<newest updated_at>"`` of the entity's cache rows: any write changes it."""
@@ -278,12 +277,9 @@ class SyncEngine:
             await uow.conn.execute(insert(t.sync_pages), new)
 
     async def _save_run(self, uow: Any, result: RunResult) -> None:
-        await uow.conn.execute(
-            update(t.sync_runs).where(t.sync_runs.c.id == result.run_id).values(
-                pages=result.pages, seen=result.seen, created=result.created,
-                updated=result.updated, unchanged=result.unchanged, deleted=result.deleted,
-            )
-        )
+        """Write the run's counts to its ``sync_runs`` row."""
+        await uow.conn.execute(_SAVE_COUNTS, {"b_run": result.run_id,
+                                              **{f"b_{name}": getattr(result, name) for name in _COUNTS}})
 
     async def _sweep(self, entity: str, seen: set[str]) -> int:
         """Soft-delete live records of ``entity`` the run did not see; return how many."""
