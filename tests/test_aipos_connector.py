@@ -10,16 +10,26 @@ Against the in-process AI POS sandbox (``connectors/aipos/sandbox.py`` through
 a resync writes nothing, an incremental poll with ``updated_since`` picks up a change, writes
 round-trip, refunds, an adjustment applies once however its push is retried, PDF receipts, and
 ``apply_webhook`` with duplicate and out-of-order deliveries.
+
+Through the gateway app (``httpx.ASGITransport``, the sandbox wired in): the receipt download
+``GET /v1/connections/{id}/orders/{order_id}/receipt`` (the vendor's PDF bytes, headers, 404s,
+tenancy), 422 for connectors without receipts (apex, local), and vendor failures as problem
+documents.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import os
+import re
 import time
+import zlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -32,8 +42,13 @@ from sqlalchemy import func, select
 
 from connectors.aipos import AIPOSConnector
 from connectors.aipos.connector import STORE_ID, StartingAfterPaginator, with_line_taxes
-from connectors.aipos.sandbox import create_app
+from connectors.aipos.sandbox import create_app, receipt_pdf
+from connectors.apex import ApexConnector
+from connectors.apex.sandbox import create_app as create_apex_app
+from connectors.local import LocalConnector
 from gateway import jsonutil
+from gateway.api.app import create_app as create_gateway
+from gateway.api.deps import Services
 from gateway.crypto import CredentialCipher
 from gateway.errors import (
     Conflict,
@@ -58,6 +73,8 @@ from gateway.sdk.http import BreakerPolicy, RetryPolicy
 from gateway.sdk.registry import ConnectorRegistry
 from gateway.services.connections import ConnectionService
 from gateway.services.sync import SyncEngine
+from gateway.services.tenants import create_tenant
+from gateway.settings import Settings
 from gateway.storage import tables as t
 
 KEY = "aipos_test_sandbox_key"
@@ -955,3 +972,174 @@ async def test_a_delivery_for_a_connection_without_a_secret_is_refused(make_env)
     with pytest.raises(WebhookSignatureInvalid):
         connector.verify_webhook(headers, body, time.time())
     assert offline({"webhook_secret": secret}).verify_webhook(headers, body, time.time()).type == "product.updated"
+
+
+# -- the receipt through the unified API -------------------------------------------------------------------
+PDF_STREAM = re.compile(rb"stream\r?\n(.*?)\r?\nendstream", re.S)
+
+
+def pdf_text(pdf: bytes) -> bytes:
+    """The PDF's bytes with every Flate stream inflated (fpdf2 compresses page contents)."""
+    parts = [pdf]
+    for match in PDF_STREAM.finditer(pdf):
+        with contextlib.suppress(zlib.error):
+            parts.append(zlib.decompress(match.group(1)))
+    return b"\n".join(parts)
+
+
+def sandbox_apex(app: Any) -> type[ApexConnector]:
+    """An ApexConnector wired to an Apex sandbox ``app`` in process (instant retries, no rate limit)."""
+
+    class SandboxApex(ApexConnector):
+        client_overrides: ClassVar[dict[str, Any]] = connector_for_app(app).client_overrides
+
+    return SandboxApex
+
+
+@contextlib.asynccontextmanager
+async def unified_api(env: Env, key: str, *, aipos: type[AIPOSConnector] | None = None,
+                      apex_app: Any = None) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway app over ``env``'s database, as the tenant of ``key``, with the sandbox-wired
+    AI POS connector (or ``aipos``), ``local``, and an Apex wired to ``apex_app`` when given.
+    ``env.service`` becomes the app's connection service, so ``env.connect`` and the API share it."""
+    connectors: list[type[Any]] = [aipos or env.connector_class, LocalConnector]
+    if apex_app is not None:
+        connectors.append(sandbox_apex(apex_app))
+    registry = ConnectorRegistry(connectors, load_entry_points=False)
+    env.service = ConnectionService(env.db, registry, env.service.cipher)
+    settings_ = Settings(database_url=env.db.url, secret_keys=[base64.urlsafe_b64encode(os.urandom(32)).decode()],
+                         api_rate_limit="100000/minute")
+    services = Services.build(settings_, db=env.db, registry=registry)
+    services.cipher, services.connections = env.service.cipher, env.service
+    app = create_gateway(settings_, services=services)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://tillgate.test",
+                                 headers={"Authorization": f"Bearer {key}"}) as http:
+        yield http
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    doc = response.json()
+    assert (doc["status"], doc["code"]) == (status, code) and doc["request_id"]
+    return doc
+
+
+async def test_a_synced_sales_receipt_downloads_through_the_unified_api(make_env, tenant) -> None:
+    env = make_env(products=3, customers=1, sales=2)
+    async with unified_api(env, tenant[1]) as api:
+        await env.connect()
+        await env.sync_all()
+        order = (await env.cached("orders"))["sale_xyz789"]
+        base = f"/v1/connections/{env.connection_id}/orders"
+        response = await api.get(f"{base}/{order['id']}/receipt")
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/pdf"
+        assert response.headers["content-disposition"] == f'attachment; filename="receipt-{order["id"]}.pdf"'
+        assert response.headers["cache-control"] == "private, no-store"
+        pdf = response.content
+        assert pdf.startswith(b"%PDF-") and b"%%EOF" in pdf[-64:]
+        assert int(response.headers["content-length"]) == len(pdf)
+        # exactly the vendor's document (the sandbox renders a sale byte for byte the same)
+        assert pdf == receipt_pdf(env.store, env.store.sales["sale_xyz789"])
+        text = pdf_text(pdf)
+        assert b"(Receipt sale_xyz789)" in text  # the document title
+        assert b"(sale_xyz789) Tj" in text and b"(AI POS Demo Store) Tj" in text  # printed on the page
+        logged = (await env.admin("GET", "/_sandbox/requests")).json()
+        entries = logged["data"] if isinstance(logged, dict) else logged
+        assert any("/sales/sale_xyz789/receipt" in json.dumps(entry) for entry in entries)
+
+        # a sale made through the gateway has its receipt too
+        product = (await env.cached("products"))["prod_001"]
+        sold = await api.post(f"{base}", json={"lines": [{"product_id": product["id"], "quantity": "1"}],
+                                               "payments": [{"method": "upi", "amount": "47.25"}]})
+        assert sold.status_code == 201, sold.text
+        again = await api.get(f"{base}/{sold.json()['id']}/receipt")
+        assert again.status_code == 200 and again.content.startswith(b"%PDF-")
+        assert sold.json()["remote_id"].encode() in pdf_text(again.content)
+
+        # 404s: unknown order, unknown connection, another tenant's connection; 401 without a key
+        assert_problem(await api.get(f"{base}/ord_unknown/receipt"), 404, "not_found")
+        assert_problem(await api.get("/v1/connections/con_unknown/orders/" + order["id"] + "/receipt"), 404,
+                       "not_found")
+        _, other = await create_tenant(env.db, "receipt-other")
+        foreign = await api.get(f"{base}/{order['id']}/receipt", headers={"Authorization": f"Bearer {other.secret}"})
+        assert_problem(foreign, 404, "not_found")
+        no_key = await api.get(f"{base}/{order['id']}/receipt", headers={"Authorization": ""})
+        assert_problem(no_key, 401, "missing_api_key")
+
+
+async def test_connectors_without_receipts_answer_422(make_env, tenant) -> None:
+    env = make_env(products=1, customers=0, sales=0)
+    apex = create_apex_app(products=3, customers=1, invoices=2, seed=7)
+    async with unified_api(env, tenant[1], apex_app=apex) as api:
+        local = (await api.post("/v1/connections", json={"connector": "local", "name": "Shop"})).json()
+        base = f"/v1/connections/{local['id']}"
+        product = await api.post(f"{base}/products", json={"sku": "RC-1", "name": "Mug", "price": "5.00",
+                                                           "track_inventory": False})
+        assert product.status_code == 201, product.text
+        order = await api.post(f"{base}/orders", json={"lines": [{"sku": "RC-1", "quantity": "1"}],
+                                                       "payments": [{"method": "cash", "amount": "5.00"}]})
+        assert order.status_code == 201, order.text
+        doc = assert_problem(await api.get(f"{base}/orders/{order.json()['id']}/receipt"), 422,
+                             "operation_not_supported")
+        assert "local" in doc["detail"] and "receipt" in doc["detail"]
+        assert_problem(await api.get(f"{base}/orders/ord_unknown/receipt"), 404, "not_found")
+
+        created = await api.post("/v1/connections", json={
+            "connector": "apex", "name": "Riyadh", "credentials": {"api_key": "apx_sandbox_key"},
+            "settings": {"base_url": "http://apex.test/rest_api/v1"}})
+        assert created.status_code == 201, created.text
+        connector = await env.service.connector_for(env.tenant_id, created.json()["id"])
+        engine = SyncEngine(env.db, connector)
+        for entity in engine.entities():
+            assert (await engine.run(entity, mode="full")).status == "succeeded"
+        orders = (await api.get(f"/v1/connections/{created.json()['id']}/orders")).json()["data"]
+        assert orders
+        doc = assert_problem(await api.get(f"/v1/connections/{created.json()['id']}/orders/{orders[0]['id']}/receipt"),
+                             422, "operation_not_supported")
+        assert "apex" in doc["detail"]
+
+
+class _NotAPDF(httpx.AsyncBaseTransport):
+    """Forwards to the sandbox, but answers every receipt with an HTML page."""
+
+    def __init__(self, app: Any) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/receipt"):
+            return httpx.Response(200, headers={"content-type": "text/html"}, content=b"<html>maintenance</html>")
+        return await self.inner.handle_async_request(request)
+
+
+async def test_vendor_failures_of_the_receipt_are_problem_documents(make_env, tenant) -> None:
+    env = make_env(products=3, customers=1, sales=3)
+    async with unified_api(env, tenant[1]) as api:
+        await env.connect()
+        await env.sync_all()
+        orders = await env.cached("orders")
+        base = f"/v1/connections/{env.connection_id}/orders"
+        url = f"{base}/{orders['sale_xyz789']['id']}/receipt"
+
+        # every answer a 500, then a 503: retried, then the vendor error
+        assert (await env.admin("POST", "/_sandbox/faults", {"error_rate": 1.0, "error_status": 500})).status_code == 200
+        doc = assert_problem(await api.get(url), 502, "vendor_error")
+        assert (doc["vendor"], doc["vendor_status"], doc["retryable"]) == ("aipos", 500, True)
+        assert (await env.admin("POST", "/_sandbox/faults", {"error_status": 503})).status_code == 200
+        doc = assert_problem(await api.get(url), 503, "vendor_unavailable")
+        assert (doc["vendor"], doc["vendor_status"], doc["retryable"]) == ("aipos", 503, True)
+        assert (await env.admin("DELETE", "/_sandbox/faults")).status_code == 200
+        assert (await api.get(url)).status_code == 200
+
+        # the vendor lost the sale: its 404 is a vendor failure (502), not the gateway's 404
+        lost = next(rid for rid in orders if rid != "sale_xyz789")
+        del env.store.sales[lost]
+        doc = assert_problem(await api.get(f"{base}/{orders[lost]['id']}/receipt"), 502, "vendor_not_found")
+        assert (doc["vendor"], doc["vendor_status"], doc["retryable"]) == ("aipos", 404, False)
+
+    # a 200 that is not a PDF
+    html = connector_for_app(env.app, transport=_NotAPDF(env.app))
+    async with unified_api(env, tenant[1], aipos=html) as api:
+        doc = assert_problem(await api.get(url), 502, "vendor_invalid_response")
+        assert doc["vendor"] == "aipos"

@@ -8,16 +8,22 @@ again); the fault check runs live in process. Both run on SQLite and PostgreSQL 
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
+
+import httpx
 
 from connectors.aipos import AIPOSConnector
 from connectors.aipos.connector import STORE_ID
 from connectors.aipos.sandbox import create_app as aipos_create_app
+from connectors.aipos.sandbox import signature_header
 from connectors.apex import ApexConnector
 from connectors.apex.sandbox import create_app
 from connectors.local import LocalConnector
-from gateway.testing.conformance import ConnectorConformance
+from gateway.testing.conformance import ConnectorConformance, Harness, WebhookDelivery
 
 CASSETTES = Path(__file__).resolve().parents[1] / "cassettes"
 
@@ -69,8 +75,19 @@ def aipos_sandbox() -> Any:
     return aipos_create_app(products=12, customers=7, sales=6, seed=0)
 
 
+#: when the webhook checks' sandbox changes happen (fixed: see ``webhook_deliveries``)
+AIPOS_CHANGES_AT = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
+#: a signing secret no AI POS endpoint of the checks has
+AIPOS_WRONG_SECRET = "whsec_" + "0" * 32
+
+
 class TestAIPOSConformance(ConnectorConformance):
-    """Every check against the seeded AI POS sandbox, replayed from ``cassettes/aipos/``."""
+    """Every check against the seeded AI POS sandbox, replayed from ``cassettes/aipos/``.
+
+    AI POS declares webhooks, so it also gets the webhook checks: the sandbox signs and sends
+    ``product.updated`` twice for one product and ``sale.created`` for a sale (see
+    :meth:`webhook_deliveries`).
+    """
 
     connector = AIPOSConnector
     credentials: ClassVar[dict[str, Any]] = {"api_key": "aipos_test_sandbox_key"}
@@ -81,6 +98,7 @@ class TestAIPOSConformance(ConnectorConformance):
     cassette_dir = CASSETTES / "aipos"
     samples: ClassVar[dict[str, dict[str, Any]]] = {
         "customers": {"name": "Asha Menon", "email": "asha.menon@example.in", "phone": "+919800000077"}}
+    webhook_signature_header = "AIPOS-Signature"
 
     def vendor_ids(self, app: Any, entity: str) -> set[str]:
         store = app.state.aipos
@@ -104,3 +122,78 @@ class TestAIPOSConformance(ConnectorConformance):
         customer = store.customers.pop(max(store.customers))
         store.customer_index.keys.remove((customer.updated_at, customer.id))
         return customer.id
+
+    async def webhook_deliveries(self, harness: Harness) -> list[WebhookDelivery]:
+        """Register the gateway in the sandbox's "dashboard" and PATCH the connection's
+        ``webhook_secret`` with the secret it answers (the README's walk-through); then, at the
+        sandbox, raise one product's price twice and sell another product to a customer, and
+        capture the three signed deliveries the sandbox POSTs (a transport answering 200).
+
+        The store's clock is fixed at :data:`AIPOS_CHANGES_AT` for these changes (the seeded data
+        is older), so the bodies and the vendor records a later sync reads are the same on every
+        run and the recorded cassettes replay; the deliveries are still signed with the real time
+        (the sandbox's webhook clock), as the gateway checks them against it. The sale takes one
+        unit of a product well above its low-stock threshold: no thin ``inventory.low`` follows.
+        """
+        store = harness.app.state.aipos
+        store.clock = lambda: AIPOS_CHANGES_AT
+        captured: list[httpx.Request] = []
+
+        def receive(request: httpx.Request) -> httpx.Response:
+            captured.append(request)
+            return httpx.Response(200, json={"received": True})
+
+        store.webhooks.transport = httpx.MockTransport(receive)
+        endpoint = store.webhooks.register(harness.hook_url)
+        with harness.api() as api:
+            async with api() as http:
+                patched = await http.patch(f"/v1/connections/{harness.connection_id}", json={
+                    "credentials": {**self.credentials, "webhook_secret": endpoint.secret}})
+        assert patched.status_code == 200, patched.text
+
+        products = [store.products[pid] for pid in sorted(store.products)]
+        changed = products[0]
+        sold = next(p for p in products[1:] if p.stock > p.low_stock_threshold + 1)
+        customer = sorted(store.customers)[0]
+        first_price, second_price = changed.price + Decimal("5.00"), changed.price + Decimal("7.50")
+        store.update_product(changed, {"price": first_price})
+        store.update_product(changed, {"price": second_price})
+        sale = store.create_sale(customer, [(sold.id, 1, None)], "upi")
+        await store.drain()
+
+        customer_id = (await harness.cached("customers"))[customer]["id"]
+        changes = [
+            ("products", changed.id, "product.updated", {"price": str(first_price)}),
+            ("products", changed.id, "product.updated", {"price": str(second_price)}),
+            ("orders", sale.id, "order.created", {"number": sale.id, "status": "completed",
+                                                   "customer_id": customer_id, "total": str(sale.grand_total)}),
+        ]
+        events = list(store.events)
+        assert [e.type for e in events] == ["product.updated", "product.updated", "sale.created"], events
+        by_id = {request.headers["aipos-event-id"]: request for request in captured}
+        assert sorted(by_id) == sorted(e.id for e in events) and len(captured) == len(events), captured
+        deliveries = []
+        for event, (entity, remote_id, gateway_event, expect) in zip(events, changes, strict=True):
+            request = by_id[event.id]
+            assert request.content == event.body
+            headers = {k: v for k, v in request.headers.items()
+                       if k in ("content-type", "user-agent", "aipos-event-id", "aipos-signature")}
+            deliveries.append(WebhookDelivery(event_id=event.id, type=event.type, body=request.content,
+                                              headers=headers, entity=entity, remote_id=remote_id,
+                                              event=gateway_event, expect=expect))
+        return deliveries
+
+    def sign_webhook(self, harness: Harness, delivery: WebhookDelivery, *, timestamp: int,
+                     event_id: str | None = None, wrong_secret: bool = False) -> WebhookDelivery:
+        """API.md: ``AIPOS-Signature: t=<t>,v1=hex(HMAC-SHA256(secret, "<t>.<event id>.<body>"))``,
+        made by the sandbox's own :func:`signature_header` with the registered endpoint's secret.
+        A new event id is written into ``AIPOS-Event-Id`` and the body's ``id``."""
+        (endpoint,) = harness.app.state.aipos.webhooks.endpoints.values()
+        secret = AIPOS_WRONG_SECRET if wrong_secret else endpoint.secret
+        body, new_id = delivery.body, delivery.event_id
+        if event_id is not None:
+            assert body.count(delivery.event_id.encode()) == 1, body
+            body, new_id = body.replace(delivery.event_id.encode(), event_id.encode()), event_id
+        headers = {**delivery.headers, "aipos-event-id": new_id,
+                   "aipos-signature": signature_header([secret], timestamp, new_id, body)}
+        return replace(delivery, event_id=new_id, body=body, headers=headers)

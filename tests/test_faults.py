@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -43,29 +46,42 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def slow_sandbox(tmp_path):
-    """An Apex sandbox process with PRODUCTS products, each request delayed 120 ms."""
+@contextlib.contextmanager
+def sandbox_process(tmp_path: Path, vendor: str, products: int, seed: int, health: str, headers: dict[str, str]):
+    """`tillgate sandbox VENDOR` on a free port with ``products`` synthetic products, once its
+    ``health`` URL (relative to the server root) answers 200; yields the server root URL."""
     port = free_port()
-    log = (tmp_path / "sandbox.log").open("w")
-    process = subprocess.Popen([str(BIN / "tillgate"), "sandbox", "apex", "--port", str(port),
-                                "--products", str(PRODUCTS), "--seed", "3"], stdout=log, stderr=log)
+    log = (tmp_path / f"{vendor}-sandbox.log").open("w")
+    process = subprocess.Popen([str(BIN / "tillgate"), "sandbox", vendor, "--port", str(port),
+                                "--products", str(products), "--seed", str(seed)], stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/rest_api/v1/health", headers={"X-API-Key": KEY}, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the Apex sandbox did not start", pytrace=False)
-        httpx.post(f"{base}/_sandbox/faults", json={"latency_ms": 120}).raise_for_status()
-        yield f"{base}/rest_api/v1"
+        wait_for(lambda: httpx.get(base + health, headers=headers, timeout=1), f"the {vendor} sandbox")
+        yield base
     finally:
         process.terminate()
         process.wait(10)
         log.close()
+
+
+def wait_for(probe, what: str, tries: int = 150, log: Path | None = None) -> None:
+    """Call ``probe`` (an HTTP GET) until it answers 200."""
+    for _ in range(tries):
+        try:
+            if probe().status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"{what} did not start" + (f":\n{log.read_text()[-3000:]}" if log else ""), pytrace=False)
+
+
+@pytest.fixture
+def slow_sandbox(tmp_path):
+    """An Apex sandbox process with PRODUCTS products, each request delayed 120 ms."""
+    with sandbox_process(tmp_path, "apex", PRODUCTS, 3, "/rest_api/v1/health", {"X-API-Key": KEY}) as base:
+        httpx.post(f"{base}/_sandbox/faults", json={"latency_ms": 120}).raise_for_status()
+        yield f"{base}/rest_api/v1"
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -209,4 +225,178 @@ async def test_redis_flushed_mid_run_loses_nothing(tmp_path, slow_sandbox):
             worker.wait(15)
         await redis.aclose()
         await services.stop_dispatcher()
+        await services.db.dispose()
+
+
+# --- inbound webhooks: nothing acknowledged is ever lost ------------------------------------------------
+AIPOS_KEY = "aipos_test_sandbox_key"
+WEBHOOK_SECRET = "whsec_" + "5e" * 16
+DELIVERIES = 100
+
+
+@pytest.fixture
+def aipos_sandbox(tmp_path):
+    """An AI POS sandbox process with DELIVERIES synthetic products; yields its API base URL."""
+    with sandbox_process(tmp_path, "aipos", DELIVERIES, 5, "/aipos/api/v1/health",
+                         {"Authorization": f"Bearer {AIPOS_KEY}"}) as base:
+        yield f"{base}/aipos/api/v1"
+
+
+def signed(kind: str, event_id: str, obj: dict) -> tuple[bytes, dict[str, str]]:
+    """One AI POS delivery as the vendor signs it (connectors/aipos/API.md "Webhooks")."""
+    from connectors.aipos.sandbox import dumps, signature_header
+
+    body = dumps({"id": event_id, "object": "event", "type": kind, "created_at": obj.get("updated_at"),
+                       "data": {"object": obj}})
+    return body, {"Content-Type": "application/json", "AIPOS-Event-Id": event_id,
+                  "AIPOS-Signature": signature_header([WEBHOOK_SECRET], int(time.time()), event_id, body)}
+
+
+async def webhook_setup(tmp_path: Path, name: str, sandbox: str) -> tuple[dict[str, str], Services, str, list[dict]]:
+    """Scale-out environment, an AI POS connection holding the webhook secret, and the sandbox's products."""
+    env, settings = await scale_out(tmp_path, name, lease_seconds=2)
+    services = Services.build(settings)
+    tenant_id, _ = await create_tenant(services.db, name)
+    connection = await services.connections.create(tenant_id, ConnectionCreate(
+        connector="aipos", name=name, credentials={"api_key": AIPOS_KEY, "webhook_secret": WEBHOOK_SECRET},
+        settings={"base_url": sandbox}))
+    products = json.loads(httpx.get(f"{sandbox}/products", params={"limit": DELIVERIES},
+                                    headers={"Authorization": f"Bearer {AIPOS_KEY}"}).content,
+                          parse_float=Decimal)["data"]  # money stays exact on its way back out
+    assert len(products) == DELIVERIES
+    return env, services, connection["id"], products
+
+
+def start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    with log_path.open("a") as log:
+        process = subprocess.Popen([str(BIN / "tillgate"), "serve", "--port", str(port), "--log-level", "warning"],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{base}/readyz", timeout=1), "tillgate serve", log=log_path)
+    return process, base
+
+
+async def post_all(base: str, cid: str, deliveries: list[tuple[bytes, dict[str, str]]]) -> list[dict]:
+    """POST every delivery to /hooks/{cid}, 20 at a time; every one must be acknowledged 200."""
+    gate = asyncio.Semaphore(20)
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        async def one(body: bytes, headers: dict[str, str]) -> dict:
+            async with gate:
+                response = await http.post(f"/hooks/{cid}", content=body, headers=headers)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        return await asyncio.gather(*(one(body, headers) for body, headers in deliveries))
+
+
+async def inbox_states(services: Services, cid: str) -> dict[str, int]:
+    async with services.db.read() as conn:
+        return dict((await conn.execute(select(t.webhook_inbox.c.status, func.count()).where(
+            t.webhook_inbox.c.connection_id == cid).group_by(t.webhook_inbox.c.status))).all())
+
+
+async def wait_processed(services: Services, cid: str, log_path: Path, *, until: int = DELIVERIES) -> dict[str, int]:
+    for _ in range(1200):
+        states = await inbox_states(services, cid)
+        if states.get("processed", 0) >= until:
+            return states
+        await asyncio.sleep(0.05)
+    pytest.fail(f"deliveries not processed ({await inbox_states(services, cid)}):\n{log_path.read_text()[-3000:]}",
+                pytrace=False)
+
+
+async def running_webhook_jobs(services: Services) -> int:
+    async with services.db.read() as conn:
+        return (await conn.execute(select(func.count()).select_from(t.jobs).where(
+            t.jobs.c.kind == "webhook", t.jobs.c.status == "running"))).scalar_one()
+
+
+async def cached_products(services: Services, cid: str) -> tuple[dict[str, str], int]:
+    """(remote id -> cached unified price, product.created events) for the connection."""
+    async with services.db.read() as conn:
+        rows = (await conn.execute(select(t.records.c.remote_id, t.records.c.data).where(
+            t.records.c.connection_id == cid, t.records.c.entity == "products"))).all()
+        created = (await conn.execute(select(func.count()).select_from(t.events).where(
+            t.events.c.connection_id == cid, t.events.c.type == "product.created"))).scalar_one()
+    return {remote: json.loads(data)["price"] for remote, data in rows}, created
+
+
+async def test_an_api_process_killed_right_after_acking_100_webhooks_loses_none(tmp_path, aipos_sandbox):
+    """100 signed product.updated deliveries, each with a new price, acknowledged 200 by a real
+    `tillgate serve` process that is then SIGKILLed at once, with no worker running: all 100 are
+    in the inbox with their jobs, and a worker started afterwards applies every one exactly once."""
+    env, services, cid, products = await webhook_setup(tmp_path, "apikill", aipos_sandbox)
+    log_path = tmp_path / "processes.log"
+    api, base = start_api(env, log_path)
+    worker: subprocess.Popen | None = None
+    try:
+        deliveries, prices = [], {}
+        for i, product in enumerate(products):
+            prices[product["id"]] = f"{100 + i}.25"
+            changed = {**product, "price": Decimal(prices[product["id"]]), "updated_at": "2027-01-01T00:00:00Z"}
+            deliveries.append(signed("product.updated", f"evt_kill_{i:03d}", changed))
+        answers = await post_all(base, cid, deliveries)
+        api.send_signal(signal.SIGKILL)  # right after the 100th 2xx
+        api.wait(10)
+        assert [a["duplicate"] for a in answers] == [False] * DELIVERIES
+        assert await inbox_states(services, cid) == {"received": DELIVERIES}
+        async with services.db.read() as conn:
+            queued = (await conn.execute(select(func.count()).select_from(t.jobs).where(
+                t.jobs.c.kind == "webhook", t.jobs.c.status == "queued"))).scalar_one()
+        assert queued == DELIVERIES
+
+        worker = start_worker(env, log_path)  # its start-up sweep re-rings whatever Redis never got
+        assert await wait_processed(services, cid, log_path) == {"processed": DELIVERIES}
+        cached, created = await cached_products(services, cid)
+        assert cached == {pid: prices[pid] for pid in prices}
+        assert created == DELIVERIES
+    finally:
+        for process in (api, worker):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(15)
+        await services.db.dispose()
+
+
+async def test_a_worker_killed_while_processing_webhooks_loses_none(tmp_path, aipos_sandbox):
+    """100 thin inventory.low deliveries (each makes the worker fetch the product and its level
+    from a sandbox slowed to 150 ms a request); the worker is SIGKILLed with deliveries still
+    being processed; a fresh worker takes the leased jobs over: every delivery ends processed,
+    every product is cached once with one product.created event."""
+    env, services, cid, products = await webhook_setup(tmp_path, "workerkill", aipos_sandbox)
+    log_path = tmp_path / "processes.log"
+    api, base = start_api(env, log_path)
+    workers: list[subprocess.Popen] = []
+    try:
+        httpx.post(aipos_sandbox.split("/aipos/")[0] + "/_sandbox/faults", json={"latency_ms": 150}).raise_for_status()
+        deliveries = [signed("inventory.low", f"evt_low_{i:03d}",
+                             {"product_id": p["id"], "stock": p["stock"], "low_stock_threshold": p["low_stock_threshold"],
+                              "updated_at": p["updated_at"]})
+                      for i, p in enumerate(products)]
+        await post_all(base, cid, deliveries)
+        workers.append(start_worker(env, log_path))
+        for _ in range(1200):  # some deliveries applied, others under the worker's lease: kill now
+            states = await inbox_states(services, cid)
+            if states.get("processed", 0) >= 5 and await running_webhook_jobs(services) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail(f"the first worker never got going ({states}):\n{log_path.read_text()[-3000:]}", pytrace=False)
+        workers[0].send_signal(signal.SIGKILL)
+        workers[0].wait(10)
+        states = await inbox_states(services, cid)
+        assert 0 < states.get("processed", 0) < DELIVERIES, states
+        assert await running_webhook_jobs(services) > 0  # leased by the dead worker, never to be finished by it
+
+        workers.append(start_worker(env, log_path))
+        assert await wait_processed(services, cid, log_path) == {"processed": DELIVERIES}
+        cached, created = await cached_products(services, cid)
+        assert set(cached) == {p["id"] for p in products}
+        assert created == DELIVERIES
+    finally:
+        for process in (api, *workers):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(15)
         await services.db.dispose()

@@ -7,12 +7,14 @@ tested in ``tests/test_aipos_connector.py``. Runs on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import os
 import time
+import uuid
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -20,7 +22,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from gateway import jsonutil
 from gateway.errors import WebhookMalformed, WebhookSignatureInvalid
@@ -325,3 +327,50 @@ async def test_an_aipos_sale_reaches_the_cache_through_its_webhook_once(db, tena
         mine = [e["type"] for e in (await http.get(f"/v1/events?after={seq}&type=order.*&limit=1000")).json()["data"]
                 if e["data"]["remote_id"] == second]
         assert mine in (["order.created", "order.refunded"], ["order.created"])  # never created twice
+
+
+async def test_concurrent_deliveries_share_transactions_and_each_is_stored_once(gateway, db):
+    """60 distinct deliveries at once, each also sent a second time in the same burst: every one
+    is acknowledged after the commit that holds it, stored once with its job, and the burst took
+    fewer transactions than deliveries (group commit)."""
+    http, con, services = gateway
+    bodies = [event(f"evt_c{i:02d}", f"{i}.00", f"2026-03-02T10:{i:02d}:00+00:00", remote_id=f"p{i}") for i in range(60)]
+    batches_before = services.inbox.writer.batches
+    answers = await asyncio.gather(*(http.post(f"/hooks/{con}", content=body, headers=sign(body))
+                                     for body in bodies + bodies))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+    first, second = answers[:60], answers[60:]
+    assert len({a.json()["id"] for a in first}) == 60
+    assert [a.json()["id"] for a in second] == [a.json()["id"] for a in first]  # the same row, whichever came first
+    assert sum(a.json()["duplicate"] for a in answers) == 60
+    assert services.inbox.writer.batches - batches_before < 60
+    async with db.read() as conn:
+        stored = (await conn.execute(select(func.count()).select_from(t.webhook_inbox).join(
+            t.jobs, t.jobs.c.id == t.webhook_inbox.c.job_id).where(t.webhook_inbox.c.connection_id == con))).scalar_one()
+    assert stored == 60
+    await services.dispatcher.drain()
+    listed = (await http.get(f"/v1/connections/{con}/products?limit=100")).json()["data"]
+    assert sorted(p["price"] for p in listed) == sorted(f"{i}.00" for i in range(60))
+
+
+async def test_a_delivery_that_cannot_be_stored_fails_alone(db):
+    """A group commit whose transaction fails writes its items one by one: the bad one's caller
+    gets the error, every other caller its result, and the good items are durable."""
+    from gateway.storage.group_commit import GroupCommit
+
+    async def write(uow, items: list[str]) -> list[str]:
+        for item in items:
+            if item == "bad":
+                raise ValueError("cannot store this one")
+            await uow.conn.execute(insert(t.tenants).values(id=item, name=item, created_at=jsonutil.utcnow()))
+        return [f"stored {item}" for item in items]
+
+    writer = GroupCommit(db, write)
+    names = [f"ten_gc{i}_{uuid.uuid4().hex[:6]}" for i in range(5)]
+    results = await asyncio.gather(*(writer.submit(n) for n in [*names[:2], "bad", *names[2:]]),
+                                   return_exceptions=True)
+    assert isinstance(results[2], ValueError)
+    assert [r for i, r in enumerate(results) if i != 2] == [f"stored {n}" for n in names]
+    async with db.read() as conn:
+        stored = (await conn.execute(select(func.count()).select_from(t.tenants).where(t.tenants.c.id.in_(names)))).scalar_one()
+    assert stored == 5

@@ -734,19 +734,25 @@ class AIPOSConnector(RemoteConnector):
     async def receipt_pdf(self, order_id: str) -> bytes:
         """The sale's PDF receipt: ``GET /sales/{id}/receipt`` (vendor doc "Sales & Bills":
         "Download PDF"; API.md: one page with store name, sale id, date, items, totals, payment
-        method). For a gateway route such as ``GET /v1/connections/{id}/orders/{order_id}/receipt``
-        answering ``application/pdf``.
+        method), served by ``GET /v1/connections/{id}/orders/{order_id}/receipt``
+        (:func:`gateway.services.records.order_receipt`). Overrides :meth:`Connector.receipt_pdf`.
+
+        The vendor's own ``Content-Disposition`` (``receipt_<sale id>.pdf``) is not passed on: the
+        gateway names the file after its own order id.
 
         Args:
-            order_id: the gateway's order id (``ord_...``) on this connection.
+            order_id: the gateway's order id (``ord_...``) on this connection; the sale's id at
+                AI POS is its ``remote_id``.
 
         Returns:
-            The PDF document's bytes (starting ``%PDF-``).
+            The PDF document's bytes (starting ``%PDF-``), as AI POS rendered them.
 
         Raises:
             NotFound: no live order ``order_id`` on this connection.
-            VendorError: the vendor failed, or answered something that is not a PDF
-                (``vendor_invalid_response``); ``vendor_not_found`` when it lost the sale.
+            VendorError: the vendor failed (502 ``vendor_error``, 503 ``vendor_unavailable``, 504
+                ``vendor_timeout``, 424 ``vendor_credentials_rejected``), answered something that
+                is not a PDF (502 ``vendor_invalid_response``), or no longer has the sale (502
+                ``vendor_not_found``).
         """
         order = await self._live("orders", order_id)
         if order is None:

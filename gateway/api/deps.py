@@ -20,6 +20,7 @@ from gateway.errors import PROBLEM_CONTENT_TYPE, BadRequest, RateLimited, Tillga
 from gateway.sdk.registry import ConnectorRegistry
 from gateway.services.connections import ConnectionService
 from gateway.services.idempotency import IdempotencyClaim, check_key, request_fingerprint
+from gateway.services.inbox import Inbox
 from gateway.services.tenants import KeyVerifier
 from gateway.settings import Settings
 from gateway.storage.db import PRECOMMIT, Database
@@ -37,6 +38,7 @@ class Services:
     keys: KeyVerifier
     limiter: FixedWindowRateLimiter
     rate_limit: Any
+    inbox: Inbox
     dispatcher: Any = None
 
     @classmethod
@@ -54,6 +56,7 @@ class Services:
             keys=KeyVerifier(db, ttl=settings.api_key_cache_seconds),
             limiter=FixedWindowRateLimiter(MemoryStorage()),
             rate_limit=parse_limit(settings.api_rate_limit),
+            inbox=Inbox(db),
         )
 
     async def start_dispatcher(self) -> None:

@@ -2,7 +2,7 @@
 
 No API key: the vendor calls this URL, and the connection's connector authenticates the call by
 its signature (:meth:`~gateway.sdk.connector.Connector.verify_webhook`). The delivery is stored
-with its processing job before the answer (:func:`gateway.services.inbox.receive`), so a 2xx
+with its processing job before the answer (:meth:`gateway.services.inbox.Inbox.receive`), so a 2xx
 means it is on disk; a worker applies it to the cache afterwards.
 
 Answers: ``200 {"received": true, "id": "inb_...", "duplicate": false}`` (``duplicate: true``
@@ -23,7 +23,6 @@ from starlette.routing import Route
 from gateway.api.deps import services
 from gateway.api.http import json_response, read_body
 from gateway.errors import TillgateError, WebhookMalformed
-from gateway.services import inbox
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,7 @@ async def receive_webhook(request: Request) -> Response:
     except Exception as exc:  # a connector bug must not turn a vendor's odd delivery into a 500
         log.exception("connector %s failed to verify a webhook delivery", connector.name())
         raise WebhookMalformed("the delivery could not be read") from exc
-    received = await inbox.receive(svc.db, connector, event, body)
+    received = await svc.inbox.receive(connector, event, body)
     if received.job_id is not None and svc.dispatcher is not None:
         await svc.dispatcher.notify(received.job_id)
     return json_response({"received": True, "id": received.id, "duplicate": received.duplicate})

@@ -88,6 +88,23 @@ def _op(summary: str, *, tag: str, ok: tuple[str, Any], request: type[BaseModel]
     return op
 
 
+def _receipt_op(cp: list[dict[str, Any]]) -> dict[str, Any]:
+    """``GET .../orders/{order_id}/receipt``: a PDF download, not JSON."""
+    op = _op("Download the order's receipt as the POS renders it (PDF)", tag="orders", ok=("200", {}),
+             params=cp + [_param("order_id", "path", {"type": "string"}, "ord_...", True)],
+             errors=("401", "404", "422", "424", "429", "502", "503", "504"))
+    op["description"] = ("Fetched from the vendor on every call (never cached). Connectors without receipts "
+                         "(apex, local) answer 422 operation_not_supported; an unknown order answers 404.")
+    op["responses"]["200"] = {
+        "description": "the PDF receipt, as an attachment named receipt-<order id>.pdf",
+        "headers": {"Content-Disposition": {"description": 'attachment; filename="receipt-ord_....pdf"',
+                                            "schema": {"type": "string"}}},
+        "content": {"application/pdf": {"schema": {"type": "string", "contentMediaType": "application/pdf"}}},
+    }
+    op["responses"]["422"]["description"] = "the connector does not support receipts (operation_not_supported)"
+    return op
+
+
 def _list_schema(item: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "required": ["data", "next_cursor"], "additionalProperties": False,
             "properties": {"data": {"type": "array", "items": item}, "next_cursor": {"type": ["string", "null"]}}}
@@ -157,6 +174,7 @@ def _paths() -> dict[str, Any]:
                         params=cp + [_param("order_id", "path", {"type": "string"}, "ord_...", True)],
                         request=m.VoidCreate, body_optional=True, errors=ERRORS_WRITE, idempotent=False),
         },
+        f"{conn}/orders/{{order_id}}/receipt": {"get": _receipt_op(cp)},
         f"{conn}/inventory/adjustments": {
             "post": _op("Adjust stock by a delta (accepted durably, pushed to the POS)", tag="inventory",
                         ok=("202", _ref("Adjustment")), params=list(cp), request=m.AdjustmentCreate,

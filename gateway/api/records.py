@@ -1,7 +1,8 @@
 """Routes: the six entities of a connection, read from the cache and written through the connector.
 
 Reads (``GET .../{entity}`` and ``GET .../{entity}/{record_id}``) never call the vendor. Writes
-call the connector, which carries the change out at the POS and caches the result.
+call the connector, which carries the change out at the POS and caches the result. An order's
+receipt (``GET .../orders/{order_id}/receipt``) is the one read the vendor serves: a PDF download.
 """
 
 from __future__ import annotations
@@ -142,6 +143,22 @@ def _write(model: type[BaseModel] | None, method: str, *, status_code: int = 201
     return handler
 
 
+async def download_receipt(request: Request) -> Response:
+    """``GET /v1/connections/{id}/orders/{order_id}/receipt``: the vendor's PDF receipt of a cached
+    order, ``200 application/pdf`` with ``Content-Disposition: attachment; filename="receipt-<order
+    id>.pdf"``. 404 for an unknown connection or order, 422 ``operation_not_supported`` for a
+    connector without receipts, vendor failures as their problem documents
+    (:func:`gateway.services.records.order_receipt`)."""
+    tenant_id = await authenticate(request)
+    connector = await services(request).connections.connector_for(tenant_id, request.path_params["connection_id"])
+    receipt = await records.order_receipt(connector, request.path_params["order_id"])
+    return Response(receipt.content, media_type=receipt.media_type, headers={
+        "Content-Disposition": f'attachment; filename="{receipt.filename}"',
+        # the receipt changes with the sale (a refund prints on it) and names the customer
+        "Cache-Control": "private, no-store",
+    })
+
+
 async def read_adjustment(request: Request) -> Response:
     """``GET /v1/connections/{id}/inventory/adjustments/{adjustment_id}``."""
     tenant_id = await authenticate(request)
@@ -192,6 +209,7 @@ routes = [
                                                          optional_body=True, path_args=("order_id",)), methods=["POST"]),
     Route(f"{BASE}/orders/{{order_id}}/void", _write(VoidCreate, "void_order", status_code=200, optional_body=True,
                                                        path_args=("order_id",)), methods=["POST"]),
+    Route(f"{BASE}/orders/{{order_id}}/receipt", download_receipt, methods=["GET"]),
     Route(f"{BASE}/inventory/adjustments", _write(AdjustmentCreate, "create_adjustment", status_code=202,
                                                   require_key=True), methods=["POST"]),
     Route(f"{BASE}/inventory/adjustments/{{adjustment_id}}", read_adjustment, methods=["GET"]),

@@ -3,8 +3,8 @@
 A :class:`Connector` is created per connection and request with a :class:`ConnectionContext`
 (the connection's id, tenant, settings and decrypted credentials) and the database. Read
 operations serve from the records cache and need no connector code; writes are carried out at
-the vendor by the connector, which then caches the result. Every write method not overridden
-answers 422 ``operation_not_supported``.
+the vendor by the connector, which then caches the result. Every write method not overridden,
+and the optional :meth:`Connector.receipt_pdf`, answers 422 ``operation_not_supported``.
 """
 
 from __future__ import annotations
@@ -301,3 +301,21 @@ class Connector:
 
     async def set_inventory_count(self, product_id: str, location_id: str, body: Any) -> dict[str, Any]:
         raise self._unsupported("setting inventory counts")
+
+    # -- documents ------------------------------------------------------------------------------
+    async def receipt_pdf(self, order_id: str) -> bytes:
+        """The vendor's PDF receipt of one of the connection's orders, for
+        ``GET /v1/connections/{id}/orders/{order_id}/receipt`` (optional: the default refuses).
+
+        Args:
+            order_id: the gateway's order id (``ord_...``); the connector resolves its ``remote_id``.
+
+        Returns:
+            The PDF document's bytes, exactly as the vendor rendered them (starting ``%PDF-``).
+
+        Raises:
+            OperationNotSupported: 422, the connector has no receipts (the default).
+            gateway.errors.NotFound: no live order ``order_id`` on this connection.
+            gateway.errors.VendorError: the vendor failed or answered something that is not a PDF.
+        """
+        raise self._unsupported("PDF receipts")

@@ -22,6 +22,11 @@ from gateway.sdk.registry import ConnectorRegistry
 from gateway.services.records import decode_cursor, encode_cursor
 from gateway.storage import tables as t
 from gateway.storage.db import Database
+from gateway.storage.reader import as_text
+
+_BY_ID_SQL = ("SELECT id, tenant_id, connector, name, settings, credentials, updated_at FROM connections "
+              "WHERE id = :id AND deleted_at IS NULL")
+_BY_ID_CACHE = 256  # connectors kept by connector_by_id (one per connection receiving webhooks)
 
 
 def _schema_errors(schema: dict[str, Any], value: dict[str, Any], where: str) -> list[dict[str, Any]]:
@@ -54,6 +59,7 @@ class ConnectionService:
         self.db = db
         self.registry = registry
         self.cipher = cipher
+        self._by_id: dict[tuple[Any, ...], Connector] = {}
 
     def _validate(self, connector: type[Connector], credentials: dict[str, Any], settings: dict[str, Any]) -> None:
         manifest = connector.manifest
@@ -197,15 +203,29 @@ class ConnectionService:
         """The connector of a live connection found by id alone, for vendor calls that carry no
         API key (``POST /hooks/{connection_id}``: the connector's signature check authenticates).
 
+        One indexed read per call (:class:`~gateway.storage.reader.FastReader`); the connector
+        built for a row is reused while the row is the same (any change to its name, settings,
+        credentials or ``updated_at``, made by any process, builds a new one), so a burst of
+        deliveries does not decrypt the credentials once per delivery.
+
         Raises:
             NotFound: no live connection with this id.
         """
-        async with self.db.read() as conn:
-            row = (await conn.execute(select(t.connections.c.tenant_id).where(
-                t.connections.c.id == connection_id, t.connections.c.deleted_at.is_(None)))).first()
+        row = await self.db.reader.one(_BY_ID_SQL, {"id": connection_id})
         if row is None:
             raise NotFound(f"no connection {connection_id!r}")
-        return await self.connector_for(row.tenant_id, connection_id)
+        key = tuple(as_text(v) if isinstance(v, bytes) else v for v in row)
+        connector = self._by_id.get(key)
+        if connector is None:
+            _id, tenant_id, connector_name, name, settings, credentials, _updated = key
+            cls = self.registry.get(connector_name)
+            plain = jsonutil.loads(self.cipher.decrypt(credentials, tenant_id=tenant_id, connection_id=connection_id))
+            connector = cls(ConnectionContext(connection_id, tenant_id, connector_name, name, jsonutil.loads(settings),
+                                              plain), self.db)
+            self._by_id[key] = connector
+            while len(self._by_id) > _BY_ID_CACHE:
+                self._by_id.pop(next(iter(self._by_id)))
+        return connector
 
     async def rotate_credentials(self) -> tuple[int, list[str]]:
         """Re-encrypt every connection's credentials with the primary key.

@@ -7,7 +7,8 @@ stored version writes nothing and emits nothing; an upsert carrying an older ven
 webhook-delivered version.
 
 Reads return the stored JSON text (``bytes``), ready to send. Lists are keyset-paginated by
-(``updated_at``, ``id``); the cursor is opaque base64url JSON.
+(``updated_at``, ``id``); the cursor is opaque base64url JSON. An order's receipt
+(:func:`order_receipt`) is the one document a cached record has that only the vendor holds.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ import binascii
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import jsonutil
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, NotFound, VendorError
 from gateway.ids import new_id
 from gateway.storage import tables as t
 from gateway.storage.reader import FastReader, as_bytes, as_text
 from gateway.storage.uow import UnitOfWork
+
+if TYPE_CHECKING:  # the connector SDK builds on this module; only the type is needed here
+    from gateway.sdk.connector import Connector
 
 ENTITIES = ("products", "categories", "locations", "customers", "orders", "inventory")
 ID_KINDS = {
@@ -513,3 +517,57 @@ async def list_json(
     items = [_with_raw(row[2], row[3]) for row in rows] if expand_raw else [as_bytes(row[2]) for row in rows]
     next_cursor = encode_cursor(reader.parse_ts(rows[-1][1]), as_text(rows[-1][0])) if more else None
     return items, next_cursor
+
+
+PDF_MEDIA_TYPE = "application/pdf"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """An order's receipt as the vendor rendered it: ``content`` (PDF bytes), sent as
+    ``media_type`` under ``filename`` (``receipt-<order id>.pdf``, the gateway's id, never the vendor's)."""
+
+    order_id: str
+    content: bytes
+    media_type: str = PDF_MEDIA_TYPE
+
+    @property
+    def filename(self) -> str:
+        """``receipt-ord_....pdf``."""
+        return f"receipt-{self.order_id}.pdf"
+
+
+async def order_receipt(connector: Connector, order_id: str) -> Receipt:
+    """The PDF receipt of a cached order, fetched from the vendor through the connector's
+    optional :meth:`~gateway.sdk.connector.Connector.receipt_pdf` (AI POS: ``GET /sales/:id/receipt``,
+    vendor doc "Sales & Bills"). Nothing is cached or evented: a receipt changes with the sale
+    (a refund prints on it), so every call asks the vendor.
+
+    The order is looked up first, so an unknown id answers 404 whatever the connector; a
+    soft-deleted order (gone at the vendor) is unknown too.
+
+    Args:
+        connector: the connection's connector (from ``ConnectionService.connector_for``, which
+            already scoped it to the tenant).
+        order_id: the gateway's order id (``ord_...``).
+
+    Returns:
+        A :class:`Receipt` whose ``content`` starts ``%PDF-``.
+
+    Raises:
+        NotFound: no live order ``order_id`` on this connection (404).
+        gateway.errors.OperationNotSupported: the connector has no receipts (422; ``apex``, ``local``).
+        VendorError: the vendor failed (502/503/504, 424 for refused credentials), or the
+            connector returned something that is not a PDF (502 ``vendor_invalid_response``).
+    """
+    async with connector.db.read() as conn:
+        order = await load(conn, connection_id=connector.context.id, entity="orders", record_id=order_id,
+                           include_deleted=False)
+    if order is None:
+        raise NotFound(f"no order {order_id!r} on connection {connector.context.id!r}")
+    content = await connector.receipt_pdf(order_id)
+    if not isinstance(content, bytes) or not content.startswith(b"%PDF-"):
+        # The route promises application/pdf: a plugin's wrong answer is a vendor failure, not a 500.
+        raise VendorError(f"the {connector.name()} connector returned a receipt that is not a PDF",
+                          vendor=connector.name(), code="vendor_invalid_response")
+    return Receipt(order_id=order["id"], content=content)

@@ -46,6 +46,37 @@ Checks (method: applies when):
     and random 503s (``fault_knobs``, set through ``/_sandbox/faults``), the full sync still
     succeeds and reads every record. Runs live, never from a cassette.
 
+Webhook checks apply when there is a sandbox and the manifest declares top-level ``webhooks``
+(AI POS; never apex or local). Each first connects, runs a full sync (so a delivery's references
+resolve through the cache) and asks :meth:`ConnectorConformance.webhook_deliveries` for real
+signed deliveries out of the sandbox; every delivery goes through the gateway API
+(``POST /hooks/{connection_id}``, no API key) and stored deliveries are applied by running their
+``webhook`` jobs (:meth:`Harness.run_webhook_jobs`), as a worker would.
+
+``test_webhook_signature_is_verified``
+    a genuine delivery answers 200 and is stored (``received``, not a duplicate); the next one
+    with a tampered body, signed with another secret, without its signature header
+    (``webhook_signature_header``), signed ``tolerance_seconds`` (manifest) + 60 s in the past or
+    in the future answers 401 ``webhook_signature_invalid``; with an unreadable signature 400
+    ``webhook_malformed`` or 401; a correctly signed body that is not an event 400
+    ``webhook_malformed``; every refusal is problem+json and stores nothing (no inbox row, no
+    job). Signed half the window ago it is accepted, and both apply.
+``test_webhook_duplicates_change_nothing``
+    every delivery sent twice in a row (and once more after processing): the second answer is
+    ``duplicate: true`` with the first one's inbox id; one inbox row per event id, processed in
+    one attempt; the cache holds each changed record as its newest delivery says (``expect``) and
+    the change log has exactly one event per delivery (``event``), in delivery order.
+``test_webhook_reordering_keeps_newest``
+    the two deliveries changing one record, sent and processed newest first: the cache holds the
+    newest version and one event comes of it; the older one, processed after, changes nothing and
+    emits nothing.
+``test_webhook_replay_changes_nothing``
+    after every delivery is processed: an old delivery re-sent with a fresh signature is a
+    duplicate; every delivery replayed under a new event id (signed anew) is stored and processed
+    but changes no cached record and emits nothing (the version guard, not the inbox, stops it);
+    a full sync afterwards finds the records the webhooks brought already up to date (no write,
+    no event for them).
+
 HTTP recording: when ``cassette_dir`` is set, every check but the fault one runs inside a vcrpy
 cassette ``<cassette_dir>/<check>[-<param>].yaml`` (``X-API-Key``/``Authorization``/``User-Agent`` filtered,
 ``date``/``server`` response headers dropped, matched on method + path + query + body,
@@ -54,6 +85,11 @@ them again (``record_mode="all"``) from the in-process sandbox: vcrpy patches
 ``httpx.ASGITransport`` too, so no server is needed and the base URL is a fixed fake host.
 The sandbox app is built in replay too (it is cheap and seeded), as the source of the expected
 records; the gateway's own API traffic (``http://tillgate.test``) is never recorded.
+The webhook checks are recorded too: their vendor traffic is the connect, the full syncs and the
+credential check of the ``webhook_secret`` update. The deliveries themselves are made live by
+the sandbox on every run (they are signed with the current time, and sent to the gateway's host,
+which is never recorded), so a subclass must make its sandbox's changes deterministic (fixed
+times, seeded ids) for the syncs after them to replay.
 """
 
 from __future__ import annotations
@@ -62,8 +98,10 @@ import asyncio
 import base64
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -78,7 +116,7 @@ from sqlalchemy import func, select
 
 from gateway import jsonutil
 from gateway.crypto import CredentialCipher
-from gateway.errors import VendorCredentialsRejected
+from gateway.errors import PROBLEM_CONTENT_TYPE, VendorCredentialsRejected
 from gateway.model import ENTITY_MODELS, AdjustmentCreate, ConnectionCreate, CustomerCreate, ProductCreate
 from gateway.sdk.connector import Connector
 from gateway.sdk.http import BreakerPolicy, RetryPolicy
@@ -89,7 +127,7 @@ from gateway.services.sync import ENTITY_ORDER, RunResult, SyncEngine
 from gateway.storage import tables as t
 from gateway.storage.db import Database
 
-__all__ = ["RECORD_ENV", "ConnectorConformance", "Harness", "schema_registry", "validate_record"]
+__all__ = ["RECORD_ENV", "ConnectorConformance", "Harness", "WebhookDelivery", "schema_registry", "validate_record"]
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 #: the JSON Schema file of each entity's records
@@ -109,6 +147,41 @@ DELETE_ENTITIES = ("products", "customers")
 CREATE_MODELS = {"products": ProductCreate, "customers": CustomerCreate}
 API_BASE_URL = "http://tillgate.test"
 API_HOST = "tillgate.test"
+#: the replay window assumed when a manifest's ``webhooks`` gives no ``tolerance_seconds``
+DEFAULT_WEBHOOK_TOLERANCE = 300
+#: the checks generated for a connector whose manifest declares ``webhooks`` (and has a sandbox)
+WEBHOOK_CHECKS = (
+    "test_webhook_signature_is_verified",
+    "test_webhook_duplicates_change_nothing",
+    "test_webhook_reordering_keeps_newest",
+    "test_webhook_replay_changes_nothing",
+)
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One signed vendor delivery, as the sandbox POSTs it to ``/hooks/{connection_id}``.
+
+    Attributes:
+        event_id: the vendor's event id (what the inbox deduplicates on).
+        type: the vendor's event type (one of the manifest's ``webhooks.events``).
+        body: the raw body, byte for byte as signed.
+        headers: the request headers the vendor sends (signature, event id, content type).
+        entity: the cache entity the delivery changes (``products``, ``orders``, ...).
+        remote_id: the remote id of the record it changes.
+        event: the gateway event applying it emits when deliveries are applied in vendor order
+            (``None``: none).
+        expect: fields of the unified record once this delivery is the newest one applied.
+    """
+
+    event_id: str
+    type: str
+    body: bytes
+    headers: dict[str, str]
+    entity: str
+    remote_id: str
+    event: str | None
+    expect: dict[str, Any] = field(default_factory=dict)
 
 
 @cache
@@ -160,6 +233,7 @@ class Harness:
         self.service = ConnectionService(db, self.registry, self.cipher)
         self.connection_id = ""
         self.name = self.connector_class.manifest["name"]
+        self._services: Any = None
 
     @property
     def capabilities(self) -> dict[str, dict[str, Any]]:
@@ -219,25 +293,96 @@ class Harness:
             created[entity] = await getattr(await self.connector(), f"create_{entity[:-1]}")(body)
         return created
 
+    def services(self) -> Any:
+        """The gateway's :class:`~gateway.api.deps.Services` on this database, registry and cipher
+        (built once per harness; no dispatcher: jobs run through :meth:`run_webhook_jobs`)."""
+        if self._services is None:
+            from gateway.api.deps import Services
+            from gateway.settings import Settings
+
+            settings = Settings(database_url=self.db.url,
+                                secret_keys=[base64.urlsafe_b64encode(os.urandom(32)).decode()],
+                                api_rate_limit="100000/minute")
+            services = Services.build(settings, db=self.db, registry=self.registry)
+            services.cipher = self.cipher  # the connection was created with this one
+            services.connections = ConnectionService(self.db, self.registry, self.cipher)
+            self._services = services
+        return self._services
+
     @contextmanager
-    def api(self) -> Iterator[Callable[[], httpx.AsyncClient]]:
-        """A factory of ``httpx.AsyncClient`` on the gateway API (tenant key, this registry)."""
+    def api(self) -> Iterator[Callable[..., httpx.AsyncClient]]:
+        """A factory of ``httpx.AsyncClient`` on the gateway API (tenant key, this registry);
+        ``client(authenticated=False)`` sends no API key (as a vendor calling ``/hooks`` does)."""
         from gateway.api.app import create_app
-        from gateway.api.deps import Services
-        from gateway.settings import Settings
 
-        settings = Settings(database_url=self.db.url, secret_keys=[base64.urlsafe_b64encode(os.urandom(32)).decode()],
-                            api_rate_limit="100000/minute")
-        services = Services.build(settings, db=self.db, registry=self.registry)
-        services.cipher = self.cipher  # the connection was created with this one
-        services.connections = ConnectionService(self.db, self.registry, self.cipher)
-        app = create_app(settings, services=services)
+        services = self.services()
+        app = create_app(services.settings, services=services)
 
-        def client() -> httpx.AsyncClient:
-            return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=API_BASE_URL,
-                                     headers={"Authorization": f"Bearer {self.api_key}"})
+        def client(*, authenticated: bool = True) -> httpx.AsyncClient:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if authenticated else {}
+            return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=API_BASE_URL, headers=headers)
 
         yield client
+
+    # -- inbound webhooks ------------------------------------------------------------------------
+    @property
+    def hook_url(self) -> str:
+        """The URL the vendor is told to deliver this connection's webhooks to."""
+        return f"{API_BASE_URL}/hooks/{self.connection_id}"
+
+    @property
+    def webhook_tolerance(self) -> int:
+        """The manifest's ``webhooks.tolerance_seconds`` (the replay window of signed timestamps)."""
+        return int(self.connector_class.manifest.get("webhooks", {}).get("tolerance_seconds",
+                                                                          DEFAULT_WEBHOOK_TOLERANCE))
+
+    async def post_webhook(self, http: httpx.AsyncClient, delivery: WebhookDelivery) -> httpx.Response:
+        """POST ``delivery`` (its body and headers as they are) to this connection's ``/hooks`` URL."""
+        return await http.post(f"/hooks/{self.connection_id}", content=delivery.body, headers=delivery.headers)
+
+    async def inbox(self) -> list[Any]:
+        """The connection's ``webhook_inbox`` rows, oldest first."""
+        async with self.db.read() as conn:
+            return list((await conn.execute(select(t.webhook_inbox).where(
+                t.webhook_inbox.c.connection_id == self.connection_id).order_by(
+                t.webhook_inbox.c.received_at, t.webhook_inbox.c.id))).all())
+
+    async def webhook_job_count(self) -> int:
+        """How many ``webhook`` jobs the tenant has (one per stored delivery)."""
+        from gateway.services.inbox import JOB_KIND
+
+        async with self.db.read() as conn:
+            return (await conn.execute(select(func.count()).select_from(t.jobs).where(
+                t.jobs.c.tenant_id == self.tenant_id, t.jobs.c.kind == JOB_KIND))).scalar_one()
+
+    async def run_webhook_jobs(self) -> int:
+        """Run the job of every stored, unprocessed delivery of the connection, oldest first, as a
+        worker does (:func:`gateway.workers.dispatch.execute`); each must finish. Returns how many ran."""
+        import gateway.workers.tasks  # noqa: F401 - registers the webhook job kind
+        from gateway.workers.dispatch import WorkerContext, execute
+
+        context = WorkerContext(db=self.db, services=self.services())
+        pending = [row for row in await self.inbox() if row.status == "received"]
+        for row in pending:
+            outcome = await execute(context, row.job_id)
+            assert outcome == "done", (row.vendor_event_id, row.event_type, outcome, (await self.inbox()))
+        return len(pending)
+
+    async def records_of(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """``(entity, remote id)`` -> the cached live record, for each of ``keys`` (each must be cached)."""
+        found = {}
+        for entity, remote_id in keys:
+            cached = await self.cached(entity)
+            assert remote_id in cached, f"{entity} {remote_id} is not cached"
+            found[(entity, remote_id)] = cached[remote_id]
+        return found
+
+    async def events(self) -> list[tuple[str, str | None]]:
+        """``(type, remote id of the record in it)`` of the connection's events, in ``seq`` order."""
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(t.events.c.type, t.events.c.data).where(
+                t.events.c.connection_id == self.connection_id).order_by(t.events.c.seq))).all()
+        return [(row.type, jsonutil.loads(row.data).get("remote_id")) for row in rows]
 
 
 def creatable_entities(connector: type[Connector]) -> list[str]:
@@ -253,6 +398,30 @@ def _needs_credentials(connector: type[Connector]) -> bool:
 def _readable(connector: type[Connector]) -> list[str]:
     caps = connector.manifest.get("capabilities", {})
     return [e for e in ENTITY_ORDER if caps.get(e, {}).get("read")]
+
+
+def _receives_webhooks(connector: type[Connector]) -> bool:
+    return bool(connector.manifest.get("webhooks"))
+
+
+def _tampered(body: bytes) -> bytes:
+    """``body`` with one byte changed after signing: its last digit (still the same JSON shape),
+    else a trailing space."""
+    for index in range(len(body) - 1, -1, -1):
+        if body[index:index + 1].isdigit():
+            digit = b"1" if body[index:index + 1] == b"0" else b"0"
+            return body[:index] + digit + body[index + 1:]
+    return body + b" "
+
+
+def _diff(before: dict[Any, Any], after: dict[Any, Any]) -> dict[Any, tuple[Any, Any]]:
+    """Keys whose values differ between two dicts: key -> (before, after)."""
+    return {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+
+
+def _matches(record: dict[str, Any], expect: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Fields of ``expect`` the record does not hold: name -> (cached, expected)."""
+    return {k: (record.get(k), v) for k, v in expect.items() if record.get(k) != v}
 
 
 def _live(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -285,9 +454,13 @@ class ConnectorConformance:
         create bodies by entity (defaults in :attr:`default_samples`).
     ``fault_knobs``
         what ``/_sandbox/faults`` gets for the rate-limit/5xx check.
+    ``webhook_signature_header``
+        the header carrying the vendor's signature (required when the manifest declares
+        ``webhooks``): the signature check sends a delivery without it.
 
     Hooks a subclass with a sandbox overrides: :meth:`vendor_ids`, :meth:`delete_at_vendor`,
-    and :meth:`wire` when its connector is not configured through ``client_overrides``.
+    and :meth:`wire` when its connector is not configured through ``client_overrides``; when its
+    manifest declares ``webhooks``, also :meth:`webhook_deliveries` and :meth:`sign_webhook`.
     """
 
     connector: ClassVar[type[Connector]]
@@ -309,6 +482,7 @@ class ConnectorConformance:
     }
     #: delta of the adjustment checks (whole units: every POS takes them)
     adjust_delta: ClassVar[int] = 3
+    webhook_signature_header: ClassVar[str | None] = None
 
     # -- which checks exist ----------------------------------------------------------------------
     @classmethod
@@ -334,6 +508,8 @@ class ConnectorConformance:
             checks["test_create_round_trips"] = creatable
         if "adjust" in caps.get("inventory", {}).get("write", []):
             checks["test_adjustment_applies_once"] = None
+        if vendor and _receives_webhooks(connector):
+            checks.update(dict.fromkeys(WEBHOOK_CHECKS))
         return checks
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -345,6 +521,8 @@ class ConnectorConformance:
             raise TypeError(f"{cls.__name__}: {cls.connector.name()} needs credentials; set bad_credentials")
         if cls.sandbox is not None and cls.base_url is None:
             raise TypeError(f"{cls.__name__}: a sandbox needs base_url (a fixed fake URL)")
+        if cls.sandbox is not None and _receives_webhooks(cls.connector) and not cls.webhook_signature_header:
+            raise TypeError(f"{cls.__name__}: {cls.connector.name()} receives webhooks; set webhook_signature_header")
         applicable = cls.applicable_checks()
         for name in dir(ConnectorConformance):
             if name.startswith("test_") and name not in applicable:
@@ -383,6 +561,31 @@ class ConnectorConformance:
     def delete_at_vendor(self, app: Any, entity: str) -> str:
         """Delete one ``entity`` record inside the sandbox ``app``; return its remote id."""
         raise NotImplementedError(f"{type(self).__name__} must implement delete_at_vendor")
+
+    async def webhook_deliveries(self, harness: Harness) -> list[WebhookDelivery]:
+        """Real signed deliveries out of the sandbox ``harness.app``, in the order the vendor made them.
+
+        Called after ``harness.connect()`` and a full sync. It must have the sandbox deliver to
+        :attr:`Harness.hook_url` (registered the way the vendor's dashboard does) and give the
+        connection the signing secret (as a user would, ``PATCH /v1/connections/{id}`` through
+        ``harness.api()``); then make changes at the sandbox and return what the sandbox would POST
+        for them, nothing sent to the gateway yet. The changes must include one record changed
+        twice (two deliveries with the same ``entity`` and ``remote_id`` whose ``expect`` differ)
+        and at least three deliveries in all; each delivery's ``event`` and ``expect`` say what
+        applying it does. Deliveries that need the vendor's API to apply (thin payloads) must
+        replay from the check's cassette like the rest of its vendor traffic.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement webhook_deliveries")
+
+    def sign_webhook(self, harness: Harness, delivery: WebhookDelivery, *, timestamp: int,
+                     event_id: str | None = None, wrong_secret: bool = False) -> WebhookDelivery:
+        """``delivery`` signed anew as the vendor would sign it at unix time ``timestamp``.
+
+        ``event_id``: the same change under another event id (the body and headers that carry
+        the id rewritten); ``wrong_secret``: signed with a secret other than the connection's.
+        The body is signed as it is in ``delivery`` (the checks hand in altered bodies too).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement sign_webhook")
 
     def sample(self, entity: str) -> dict[str, Any]:
         """The create body of ``entity`` (``samples`` over ``default_samples``)."""
@@ -539,6 +742,181 @@ class ConnectorConformance:
         assert faulted.get("429", 0) > 0 and faulted.get("503", 0) > 0, faulted
         for entity in harness.readable():
             assert set(await harness.cached(entity)) == self.vendor_ids(harness.app, entity), entity
+
+    # -- webhook checks ----------------------------------------------------------------------------
+    async def _webhook_world(self, harness: Harness) -> list[WebhookDelivery]:
+        """Connect, full sync, then the subclass's deliveries, checked for what the checks need."""
+        await harness.connect()
+        await harness.sync("full")
+        deliveries = await self.webhook_deliveries(harness)
+        declared = set(harness.connector_class.manifest["webhooks"]["events"])
+        assert len(deliveries) >= 3, "webhook_deliveries must return at least three deliveries"
+        assert len({d.event_id for d in deliveries}) == len(deliveries), "event ids must be unique"
+        assert all(d.type in declared for d in deliveries), ([d.type for d in deliveries], declared)
+        assert self._changed_twice(deliveries), "webhook_deliveries must change one record twice"
+        assert not await harness.inbox(), "webhook_deliveries must not send anything to the gateway"
+        return deliveries
+
+    @staticmethod
+    def _changed_twice(deliveries: list[WebhookDelivery]) -> tuple[WebhookDelivery, WebhookDelivery] | None:
+        """The first two deliveries (older, newer) changing the same record, or ``None``."""
+        for index, older in enumerate(deliveries):
+            for newer in deliveries[index + 1:]:
+                if (newer.entity, newer.remote_id) == (older.entity, older.remote_id):
+                    return older, newer
+        return None
+
+    @staticmethod
+    def _newest(deliveries: list[WebhookDelivery]) -> dict[tuple[str, str], WebhookDelivery]:
+        """(entity, remote id) -> the last delivery changing that record."""
+        return {(d.entity, d.remote_id): d for d in deliveries}
+
+    async def test_webhook_signature_is_verified(self, harness: Harness) -> None:
+        genuine, other, *_ = await self._webhook_world(harness)
+        assert self.webhook_signature_header is not None
+        signature = self.webhook_signature_header.lower()
+        window = harness.webhook_tolerance
+        now = int(time.time())
+        unsigned = {k: v for k, v in other.headers.items() if k.lower() != signature}
+        assert len(unsigned) < len(other.headers), f"the delivery has no {self.webhook_signature_header} header"
+        refused: list[tuple[str, WebhookDelivery, set[int]]] = [
+            ("a body changed after signing", replace(other, body=_tampered(other.body)), {401}),
+            ("signed with another secret", self.sign_webhook(harness, other, timestamp=now, wrong_secret=True), {401}),
+            ("no signature header", replace(other, headers=unsigned), {401}),
+            ("signed before the window", self.sign_webhook(harness, other, timestamp=now - window - 60), {401}),
+            ("signed after the window", self.sign_webhook(harness, other, timestamp=now + window + 60), {401}),
+            ("an unreadable signature", replace(other, headers={**unsigned, signature: "conformance"}), {400, 401}),
+            ("a signed body that is not an event",
+             self.sign_webhook(harness, replace(other, body=b"{not json"), timestamp=now), {400}),
+        ]
+        with harness.api() as api:
+            async with api(authenticated=False) as http:
+                first = await harness.post_webhook(http, genuine)
+                assert first.status_code == 200, first.text
+                assert first.json()["received"] is True and first.json()["duplicate"] is False, first.json()
+                for what, delivery, statuses in refused:
+                    answer = await harness.post_webhook(http, delivery)
+                    assert answer.status_code in statuses, (what, answer.status_code, answer.text)
+                    assert answer.headers["content-type"].startswith(PROBLEM_CONTENT_TYPE), (what, answer.headers)
+                    code = "webhook_signature_invalid" if answer.status_code == 401 else "webhook_malformed"
+                    assert answer.json()["code"] == code, (what, answer.json())
+                stored = [(r.vendor_event_id, r.status) for r in await harness.inbox()]
+                assert stored == [(genuine.event_id, "received")], f"a refused delivery was stored: {stored}"
+                jobs = await harness.webhook_job_count()
+                assert jobs == 1, f"{jobs} webhook jobs for one stored delivery"
+                inside = self.sign_webhook(harness, other, timestamp=int(time.time()) - window // 2)
+                accepted = await harness.post_webhook(http, inside)
+                assert accepted.status_code == 200, ("signed inside the window", accepted.text)
+                assert accepted.json()["duplicate"] is False, accepted.json()
+        ran = await harness.run_webhook_jobs()
+        assert ran == 2, f"{ran} webhook jobs ran for two stored deliveries"
+        stored = [(r.vendor_event_id, r.status) for r in await harness.inbox()]
+        assert stored == [(genuine.event_id, "processed"), (other.event_id, "processed")], stored
+
+    async def test_webhook_duplicates_change_nothing(self, harness: Harness) -> None:
+        deliveries = await self._webhook_world(harness)
+        before = len(await harness.events())
+        answers: dict[str, dict[str, Any]] = {}
+        with harness.api() as api:
+            async with api(authenticated=False) as http:
+                for delivery in deliveries:  # each one twice in a row, as a vendor retrying a lost answer
+                    first = await harness.post_webhook(http, delivery)
+                    again = await harness.post_webhook(http, delivery)
+                    assert first.status_code == 200 and first.json()["duplicate"] is False, first.text
+                    assert again.status_code == 200, again.text
+                    assert again.json() == {**first.json(), "duplicate": True}, (first.json(), again.json())
+                    answers[delivery.event_id] = first.json()
+                ran = await harness.run_webhook_jobs()
+                assert ran == len(deliveries), f"{ran} webhook jobs ran for {len(deliveries)} deliveries"
+                for delivery in deliveries:  # and once more after they were applied
+                    late = await harness.post_webhook(http, delivery)
+                    assert late.status_code == 200, late.text
+                    assert late.json() == {**answers[delivery.event_id], "duplicate": True}, late.json()
+        ran = await harness.run_webhook_jobs()
+        assert ran == 0, f"{ran} webhook jobs ran for deliveries already applied"
+        rows = sorted((r.vendor_event_id, r.id, r.status, r.attempts) for r in await harness.inbox())
+        assert rows == sorted((d.event_id, answers[d.event_id]["id"], "processed", 1) for d in deliveries), rows
+        jobs = await harness.webhook_job_count()
+        assert jobs == len(deliveries), f"{jobs} webhook jobs for {len(deliveries)} distinct deliveries"
+        new = (await harness.events())[before:]
+        expected = [(d.event, d.remote_id) for d in deliveries if d.event is not None]
+        assert new == expected, f"events {new}, expected one per delivery: {expected}"
+        for (entity, remote_id), newest in self._newest(deliveries).items():
+            cached = await harness.cached(entity)
+            assert remote_id in cached, f"{entity} {remote_id} is not cached"
+            wrong = _matches(cached[remote_id], newest.expect)
+            assert not wrong, f"{entity} {remote_id} (cached, newest delivery): {wrong}"
+            validate_record(entity, cached[remote_id])
+
+    async def test_webhook_reordering_keeps_newest(self, harness: Harness) -> None:
+        pair = self._changed_twice(await self._webhook_world(harness))
+        assert pair is not None
+        older, newer = pair
+        assert _matches(newer.expect, older.expect), "the two changes of one record must differ in expect"
+        before = len(await harness.events())
+        with harness.api() as api:
+            async with api(authenticated=False) as http:
+                answer = await harness.post_webhook(http, newer)  # the vendor's order swapped: newest first
+                assert answer.status_code == 200 and answer.json()["duplicate"] is False, answer.text
+                assert await harness.run_webhook_jobs() == 1
+                record = (await harness.cached(newer.entity))[newer.remote_id]
+                wrong = _matches(record, newer.expect)
+                assert not wrong, f"{newer.entity} {newer.remote_id} (cached, newest delivery): {wrong}"
+                applied = (await harness.events())[before:]
+                expected = [(newer.event, newer.remote_id)] if newer.event else []
+                assert applied == expected, f"events {applied}, expected {expected}"
+
+                answer = await harness.post_webhook(http, older)  # then the older one
+                assert answer.status_code == 200 and answer.json()["duplicate"] is False, answer.text
+                assert await harness.run_webhook_jobs() == 1
+        after = (await harness.cached(newer.entity))[newer.remote_id]
+        assert after == record, f"the older delivery changed {newer.entity} {newer.remote_id}: {_diff(record, after)}"
+        late = (await harness.events())[before + len(applied):]
+        assert not late, f"the older delivery emitted {late}"
+        stored = [(r.vendor_event_id, r.status) for r in await harness.inbox()]
+        assert stored == [(newer.event_id, "processed"), (older.event_id, "processed")], stored
+
+    async def test_webhook_replay_changes_nothing(self, harness: Harness) -> None:
+        deliveries = await self._webhook_world(harness)
+        newest = self._newest(deliveries)
+        with harness.api() as api:
+            async with api(authenticated=False) as http:
+                for delivery in deliveries:
+                    answer = await harness.post_webhook(http, delivery)
+                    assert answer.status_code == 200, answer.text
+                assert await harness.run_webhook_jobs() == len(deliveries)
+                snapshot = await harness.records_of(newest)
+                events = await harness.events()
+                for key, record in snapshot.items():
+                    wrong = _matches(record, newest[key].expect)
+                    assert not wrong, f"{key} (cached, newest delivery): {wrong}"
+
+                # the vendor retries an old delivery, signed anew: the inbox knows the event
+                retry = self.sign_webhook(harness, deliveries[0], timestamp=int(time.time()))
+                answer = await harness.post_webhook(http, retry)
+                assert answer.status_code == 200 and answer.json()["duplicate"] is True, answer.text
+                # the same changes again under new event ids (a resend): stored, applied, nothing moves
+                for delivery in deliveries:
+                    replayed = self.sign_webhook(harness, delivery, timestamp=int(time.time()),
+                                                 event_id=f"{delivery.event_id}-replay")
+                    assert replayed.event_id == f"{delivery.event_id}-replay", replayed
+                    answer = await harness.post_webhook(http, replayed)
+                    assert answer.status_code == 200 and answer.json()["duplicate"] is False, answer.text
+                assert await harness.run_webhook_jobs() == len(deliveries)
+        rows = await harness.inbox()
+        assert len(rows) == 2 * len(deliveries) and all(r.status == "processed" for r in rows), rows
+        changed = _diff(snapshot, await harness.records_of(newest))
+        assert not changed, f"replayed deliveries changed cached records: {changed}"
+        emitted = (await harness.events())[len(events):]
+        assert not emitted, f"replayed deliveries emitted {emitted}"
+
+        # the next poll finds what the webhooks brought already up to date
+        results = await harness.sync("full")
+        changed = _diff(snapshot, await harness.records_of(newest))
+        assert not changed, f"the sync after the webhooks rewrote records they brought: {changed}"
+        touched = {(EVENT_NOUN[entity], remote_id) for entity, remote_id in newest}
+        polled = [e for e in (await harness.events())[len(events):] if (e[0].split(".")[0], e[1]) in touched]
+        assert not polled, f"the sync after the webhooks emitted {polled} ({results})"
 
 
 def _scrub_response(response: dict[str, Any]) -> dict[str, Any]:

@@ -109,11 +109,28 @@ async def enqueue_in(uow: UnitOfWork, kind: str, payload: dict[str, Any], *, ten
     the caller's writes commit, so work stored with it can never be left without its job. Ring
     the dispatcher after the commit (``uow.after_commit``); until then, or if that ring is lost,
     the sweeper finds the row."""
+    return (await enqueue_many_in(uow, kind, [(payload, tenant_id)], max_attempts=max_attempts))[0]
+
+
+async def enqueue_many_in(uow: UnitOfWork, kind: str, payloads: list[tuple[dict[str, Any], str | None]], *,
+                          max_attempts: int = 8) -> list[str]:
+    """:func:`enqueue_in` for several jobs of one ``kind`` in one statement.
+
+    Args:
+        payloads: ``(payload, tenant_id)`` per job.
+
+    Returns:
+        the new job ids, in the order of ``payloads``.
+    """
     now = jsonutil.utcnow()
-    job_id = new_id("job")
-    await _insert(uow.conn, job_id, kind, payload, tenant_id=tenant_id, dedupe_key=None, run_after=now,
-                  max_attempts=max_attempts, now=now)
-    return job_id
+    ids = [new_id("job") for _ in payloads]
+    await uow.conn.execute(insert(t.jobs), [
+        {"id": job_id, "tenant_id": tenant_id, "kind": kind, "payload": jsonutil.dumps(payload).decode(),
+         "dedupe_key": None, "status": "queued", "attempts": 0, "max_attempts": max_attempts,
+         "run_after": now, "created_at": now, "updated_at": now}
+        for job_id, (payload, tenant_id) in zip(ids, payloads, strict=True)
+    ])
+    return ids
 
 
 async def claim(db: Database, job_id: str, *, lease_seconds: float = 300) -> Job | None:
