@@ -36,6 +36,15 @@ class Settings(BaseSettings):
         job_lease_seconds: how long a running job is its worker's; after that (the worker died)
             another worker may take it over.
         worker_max_jobs: jobs one ``tillgate worker`` process runs at once.
+        webhook_retry_schedule: seconds before each retry of a failed outbound delivery
+            (``TILLGATE_WEBHOOK_RETRY_SCHEDULE``, comma-separated); after the last one the delivery
+            is ``failed``. Default 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (8 attempts in all).
+        webhook_allow_private: deliver to loopback, private, link-local and other non-global
+            addresses (``TILLGATE_WEBHOOK_ALLOW_PRIVATE``); off by default (SSRF guard).
+        webhook_timeout_seconds: the whole time one delivery attempt may take.
+        webhook_concurrency: endpoints one process delivers to at once (each in ``seq`` order).
+        webhook_poll_seconds: how often a delivery worker looks for due deliveries when no
+            doorbell rang (work queued by other processes, retries coming due).
         log_level: Python logging level name.
     """
 
@@ -53,6 +62,12 @@ class Settings(BaseSettings):
     queue_name: str = "tillgate:jobs"
     job_lease_seconds: float = Field(default=300.0, gt=0)
     worker_max_jobs: int = Field(default=10, ge=1)
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0])
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=60)
+    webhook_concurrency: int = Field(default=32, ge=1, le=1000)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
     log_level: str = "INFO"
 
     @field_validator("secret_keys", mode="before")
@@ -60,6 +75,23 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return [float(part) for part in value.split(",") if part.strip()]
+            except ValueError as exc:
+                raise ValueError("TILLGATE_WEBHOOK_RETRY_SCHEDULE is comma-separated seconds, e.g. 5,300,1800") from exc
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(step < 0 for step in value) or len(value) > 50:
+            raise ValueError("the webhook retry schedule is at most 50 non-negative delays in seconds")
         return value
 
     @field_validator("idempotency_ttl_hours")

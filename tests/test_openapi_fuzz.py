@@ -97,6 +97,10 @@ class Seed:
         self.currencies = ["GBP"]
         self.adjustments: list[str] = []
         self.inventory: list[str] = []
+        self.endpoints: list[str] = []         # webhook endpoints (no worker runs: deliveries stay pending)
+        self.delete_endpoints: list[str] = []
+        self.deliveries: dict[str, list[str]] = {}
+        self.urls = ["https://hooks.example.com/tillgate", "https://erp.example.org/in/webhooks?src=pos"]
 
     def record_ids(self, entity: str) -> list[str]:
         return {
@@ -115,6 +119,9 @@ def _seed(http) -> Seed:
     seed.delete_connections = [_ok(http.post("/v1/connections", json={"connector": "local", "name": f"D{n}"}))["id"]
                                for n in range(3)]
     base = f"/v1/connections/{con}"
+    for n in range(5):
+        endpoint = _ok(http.post("/v1/webhook-endpoints", json={"url": seed.urls[n % 2], "events": ["*"]}))
+        (seed.endpoints if n < 3 else seed.delete_endpoints).append(endpoint["id"])
     _ok(http.post(f"{base}/locations", json={"name": "Depot", "kind": "warehouse"}))
     seed.locations = [loc["id"] for loc in _ok(http.get(f"{base}/locations"), 200)["data"]]
     seed.categories = [_ok(http.post(f"{base}/categories", json={"name": "Kitchen"}))["id"]]
@@ -163,6 +170,9 @@ def _seed(http) -> Seed:
         seed.order_lines[order["id"]] = [line["id"] for line in order["lines"]]
         seed.lines += seed.order_lines[order["id"]]
     seed.inventory = [level["id"] for level in _ok(http.get(f"{base}/inventory", params={"limit": 200}), 200)["data"]]
+    for endpoint_id in seed.endpoints:
+        log = _ok(http.get(f"/v1/webhook-endpoints/{endpoint_id}/deliveries", params={"limit": 20}), 200)["data"]
+        seed.deliveries[endpoint_id] = [d["id"] for d in log]
     return seed
 
 
@@ -205,7 +215,10 @@ def fuzz_env():
 REFERENCE_FIELDS = {
     "product_id": "products", "variant_id": "variants", "location_id": "locations", "customer_id": "customers",
     "parent_id": "categories", "line_id": "lines", "sku": "skus", "connector": "connectors", "currency": "currencies",
+    "url": "urls",
 }
+#: List fields steered to valid values as a whole.
+LIST_FIELDS = {"events": [["*"], ["order.*", "inventory.updated"], ["product.created"]]}
 #: Values that let a sale or stock change go through, for fields that are usually generated huge.
 SMALL = {"quantity": ["1", "2", "0.5", "3"], "delta": ["1", "-1", "5", "-2", "0.25"],
          "on_hand": ["0", "7", "100000", "12.5"], "discount": ["0", "0.50"]}
@@ -240,6 +253,12 @@ class Steer:
             pool = self.pools.get(REFERENCE_FIELDS.get(key, ""))
             if pool and isinstance(item, str) and self.yes(f"steer {key}"):
                 item = self.pick(pool, key)
+            elif key in LIST_FIELDS and isinstance(item, list) and self.yes(f"steer {key}"):
+                item = self.pick(LIST_FIELDS[key], key)
+            elif key == "connection_ids" and isinstance(item, list) and self.yes("steer connection_ids"):
+                item = [self.seed.connection]
+            elif key in ("from_seq", "to_seq") and isinstance(item, int) and self.yes(f"small {key}"):
+                item = self.pick([1, 5, 50, 10_000], key)
             elif key == "category_ids" and isinstance(item, list) and self.yes("steer categories"):
                 item = self.data.draw(st.lists(st.sampled_from(self.seed.categories), max_size=2, unique=True), label=key)
             elif key in SMALL and isinstance(item, str) and self.yes(f"small {key}"):
@@ -279,6 +298,8 @@ def _steer(case, seed: Seed, data: st.DataObject) -> None:
     real("adjustment_id", seed.adjustments)
     real("product_id", seed.counted_products)  # only PUT .../inventory/{product_id}/{location_id}
     real("location_id", seed.locations)
+    real("endpoint_id", seed.delete_endpoints if method == "DELETE" else seed.endpoints)
+    real("delivery_id", seed.deliveries.get(params.get("endpoint_id", ""), []))
     pools = {name: getattr(seed, name) for name in set(REFERENCE_FIELDS.values())}
     pools["lines"] = seed.order_lines.get(params.get("order_id", ""), seed.lines)
     steer = Steer(seed, data, pools)

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import jsonutil
-from gateway.api import connections, events, hooks, records, system
+from gateway.api import connections, events, hooks, records, system, webhook_endpoints
 from gateway.api.deps import Services
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.errors import PROBLEM_CONTENT_TYPE, MethodNotAllowed, NotFound, TillgateError
@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         # Connection routes with a fixed last segment (``/health``) come before the generic
         # ``/{connection_id}/{entity}`` read route, which would otherwise answer them 404 unknown_entity.
         routes=[*records.hot_routes, *connections.routes, *system.routes, *records.routes, *events.routes,
-                *hooks.routes],
+                *hooks.routes, *webhook_endpoints.routes],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers={TillgateError: _tillgate_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,

@@ -22,6 +22,7 @@ from gateway.services.connections import ConnectionService
 from gateway.services.idempotency import IdempotencyClaim, check_key, request_fingerprint
 from gateway.services.inbox import Inbox
 from gateway.services.tenants import KeyVerifier
+from gateway.services.webhook_endpoints import WebhookEndpointService
 from gateway.settings import Settings
 from gateway.storage.db import PRECOMMIT, Database
 
@@ -39,7 +40,11 @@ class Services:
     limiter: FixedWindowRateLimiter
     rate_limit: Any
     inbox: Inbox
+    webhooks: WebhookEndpointService
     dispatcher: Any = None
+    #: The delivery worker of this process (embedded mode), or ``None``.
+    deliveries: Any = None
+    _unsubscribe: Any = None
 
     @classmethod
     def build(cls, settings: Settings, *, db: Database | None = None, registry: ConnectorRegistry | None = None) -> Services:
@@ -57,6 +62,7 @@ class Services:
             limiter=FixedWindowRateLimiter(MemoryStorage()),
             rate_limit=parse_limit(settings.api_rate_limit),
             inbox=Inbox(db),
+            webhooks=WebhookEndpointService(db, cipher, allow_private=settings.webhook_allow_private),
         )
 
     async def start_dispatcher(self) -> None:
@@ -74,6 +80,7 @@ class Services:
             pool = await create_pool(RedisSettings.from_dsn(self.settings.redis_url), job_serializer=serialize,
                                      job_deserializer=deserialize)
             self.dispatcher = ArqDispatcher(self.db, pool, queue_name=self.settings.queue_name)
+            self._unsubscribe = publish_deliveries(self.db, pool)
         else:
             from gateway.workers.scheduler import schedule_polls
 
@@ -85,12 +92,54 @@ class Services:
                                                   periodic=[schedule],
                                                   sweep_every=self.settings.scheduler_interval_seconds)
             await self.dispatcher.start()
+            await self.start_deliveries()
+
+    async def start_deliveries(self) -> None:
+        """Run a :class:`~gateway.workers.deliveries.DeliveryWorker` in this process."""
+        from gateway.workers.deliveries import DeliveryWorker
+
+        if self.deliveries is None:
+            self.deliveries = DeliveryWorker(self.db, self.webhooks, self.settings)
+            await self.deliveries.start()
 
     async def stop_dispatcher(self) -> None:
-        """Stop what :meth:`start_dispatcher` started; unfinished jobs stay in the table."""
+        """Stop what :meth:`start_dispatcher` started; unfinished jobs and deliveries stay in
+        their tables."""
+        deliveries, self.deliveries = self.deliveries, None
+        if deliveries is not None:
+            await deliveries.stop()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         dispatcher, self.dispatcher = self.dispatcher, None
         if dispatcher is not None:
             await dispatcher.close()
+
+
+def publish_deliveries(db: Database, redis: Any) -> Callable[[], None]:
+    """Scale-out: after a commit that created deliveries, publish on the delivery channel so
+    ``tillgate worker`` processes send them now rather than at their next poll. Returns the
+    function that stops it."""
+    import asyncio
+    import logging
+
+    from gateway.workers.deliveries import CHANNEL
+
+    pending: set[asyncio.Task[Any]] = set()
+
+    async def publish() -> None:
+        try:
+            await redis.publish(CHANNEL, b"1")
+        except Exception:
+            logging.getLogger("tillgate.deliveries").warning("could not ring the delivery workers", exc_info=True)
+
+    def ring() -> None:
+        task = asyncio.get_running_loop().create_task(publish())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    db.endpoints.listeners.append(ring)
+    return lambda: db.endpoints.listeners.remove(ring) if ring in db.endpoints.listeners else None
 
 
 def services(request: Request) -> Services:

@@ -24,9 +24,9 @@ ENTITY_SINGULAR = {"products": "product", "categories": "category", "locations":
 
 INPUT_MODELS = [m.ConnectionCreate, m.ConnectionUpdate, m.SyncRequest, m.ProductCreate, m.ProductUpdate, m.CategoryCreate,
                 m.LocationCreate, m.CustomerCreate, m.CustomerUpdate, m.OrderCreate, m.RefundCreate, m.VoidCreate,
-                m.AdjustmentCreate, m.CountSet]
+                m.AdjustmentCreate, m.CountSet, m.WebhookEndpointCreate, m.WebhookEndpointUpdate, m.ReplayRequest]
 OUTPUT_MODELS = [m.Connection, m.Connector, m.Product, m.Category, m.Location, m.Customer, m.Order,
-                 m.InventoryLevel, m.Adjustment, m.Event, m.Problem]
+                 m.InventoryLevel, m.Adjustment, m.Event, m.Problem, m.WebhookEndpoint, m.WebhookDelivery]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -215,6 +215,7 @@ def _paths() -> dict[str, Any]:
                        errors=("400", "401", "429")),
         },
     }
+    paths.update(_webhook_endpoint_paths())
     creates = {"products": m.ProductCreate, "categories": m.CategoryCreate, "locations": m.LocationCreate,
                "customers": m.CustomerCreate, "orders": m.OrderCreate}
     for entity in ENTITIES:
@@ -245,6 +246,61 @@ def _paths() -> dict[str, Any]:
             op["parameters"] = [p if p["name"] != key else {**p, "name": "record_id"} for p in op["parameters"]]
             target[method] = op
     return paths
+
+
+def _webhook_endpoint_paths() -> dict[str, Any]:
+    """``/v1/webhook-endpoints``: outbound webhooks (Standard Webhooks signatures)."""
+    base = "/v1/webhook-endpoints"
+    ep = [_param("endpoint_id", "path", {"type": "string", "maxLength": 64}, "a webhook endpoint id (whe_...)", True)]
+    dlv = [_param("delivery_id", "path", {"type": "string", "maxLength": 64}, "a delivery id (dlv_...)", True)]
+    writes = ("400", "401", "404", "409", "413", "415", "422", "429")
+    replay_ok = {"type": "object", "required": ["endpoint_id", "from_seq", "to_seq", "queued", "next_seq"],
+                 "additionalProperties": False,
+                 "properties": {"endpoint_id": {"type": "string"}, "from_seq": {"type": "integer"},
+                                "to_seq": {"type": ["integer", "null"]}, "queued": {"type": "integer", "minimum": 0},
+                                "next_seq": {"type": ["integer", "null"]}}}
+    create = _op("Subscribe a webhook endpoint; the answer holds its whsec_ secret, shown this once", tag="webhooks",
+                 ok=("201", _ref("WebhookEndpoint")), request=m.WebhookEndpointCreate,
+                 errors=("400", "401", "409", "413", "415", "422", "429"), idempotent=False)
+    create["description"] = (
+        "Every event matching `events` (and `connection_ids`) from now on is delivered to `url` with Standard "
+        "Webhooks headers (`webhook-id` = the event id, `webhook-timestamp`, `webhook-signature`), in seq order, "
+        "retried on TILLGATE_WEBHOOK_RETRY_SCHEDULE. URLs on loopback, private, link-local or metadata addresses "
+        "are refused (422 webhook_url_refused) unless TILLGATE_WEBHOOK_ALLOW_PRIVATE=true.")
+    return {
+        base: {
+            "post": create,
+            "get": _op("List webhook endpoints", tag="webhooks", ok=("200", _list_schema(_ref("WebhookEndpoint"))),
+                       params=LIST_PARAMS),
+        },
+        f"{base}/{{endpoint_id}}": {
+            "get": _op("Get a webhook endpoint (no secret)", tag="webhooks", ok=("200", _ref("WebhookEndpoint")),
+                       params=ep),
+            "patch": _op("Change, enable or disable a webhook endpoint", tag="webhooks",
+                         ok=("200", _ref("WebhookEndpoint")), params=list(ep), request=m.WebhookEndpointUpdate,
+                         errors=writes, idempotent=False),
+            "delete": _op("Delete a webhook endpoint; its pending deliveries are cancelled", tag="webhooks",
+                          ok=("200", _ref("WebhookEndpoint")), params=ep),
+        },
+        f"{base}/{{endpoint_id}}/deliveries": {
+            "get": _op("The delivery log, newest first", tag="webhooks",
+                       ok=("200", _list_schema(_ref("WebhookDelivery"))),
+                       params=ep + LIST_PARAMS + [_param("status", "query", {
+                           "type": "string", "enum": ["pending", "delivered", "failed", "cancelled"]}, "only this status")]),
+        },
+        f"{base}/{{endpoint_id}}/deliveries/{{delivery_id}}": {
+            "get": _op("One delivery with its attempt log", tag="webhooks", ok=("200", _ref("WebhookDelivery")),
+                       params=ep + dlv),
+        },
+        f"{base}/{{endpoint_id}}/deliveries/{{delivery_id}}/retry": {
+            "post": _op("Send a delivery again now", tag="webhooks", ok=("202", _ref("WebhookDelivery")),
+                        params=ep + dlv, errors=writes, idempotent=False),
+        },
+        f"{base}/{{endpoint_id}}/replay": {
+            "post": _op("Deliver again the matching events from a seq", tag="webhooks", ok=("202", replay_ok),
+                        params=list(ep), request=m.ReplayRequest, errors=writes, idempotent=False),
+        },
+    }
 
 
 @functools.lru_cache(maxsize=1)

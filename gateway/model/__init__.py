@@ -36,6 +36,14 @@ from gateway.model.orders import (
     VoidCreate,
 )
 from gateway.model.problem import Problem
+from gateway.model.webhooks import (
+    DeliveryAttempt,
+    ReplayRequest,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEndpointCreate,
+    WebhookEndpointUpdate,
+)
 
 ENTITY_MODELS = {
     "products": Product,
@@ -61,6 +69,7 @@ __all__ = [
     "Customer",
     "CustomerCreate",
     "CustomerUpdate",
+    "DeliveryAttempt",
     "Event",
     "EventPage",
     "InventoryLevel",
@@ -84,8 +93,13 @@ __all__ = [
     "RefundCreate",
     "RefundLine",
     "RefundLineCreate",
+    "ReplayRequest",
     "SyncRequest",
     "Variant",
     "VariantCreate",
     "VoidCreate",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEndpointCreate",
+    "WebhookEndpointUpdate",
 ]

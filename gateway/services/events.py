@@ -14,7 +14,8 @@ from gateway.jsonutil import rfc3339
 from gateway.storage import tables as t
 
 
-def _render(row) -> bytes:  # type: ignore[no-untyped-def]
+def render_event(row) -> bytes:  # type: ignore[no-untyped-def]
+    """An ``events`` row as the JSON bytes ``GET /v1/events`` and webhook deliveries send."""
     return (
         b'{"id":"' + row.id.encode() + b'","seq":' + str(row.seq).encode()
         + b',"type":"' + row.type.encode() + b'","connection_id":'
@@ -57,7 +58,7 @@ async def list_events(
         query = query.where(t.events.c.connection_id == connection_id)
     rows = (await conn.execute(query.order_by(t.events.c.seq).limit(limit))).all()
     next_after = rows[-1].seq if rows else after
-    return [_render(row) for row in rows], next_after
+    return [render_event(row) for row in rows], next_after
 
 
 async def last_seq(conn: AsyncConnection, tenant_id: str) -> int:

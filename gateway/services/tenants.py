@@ -51,7 +51,7 @@ async def create_tenant(db: Database, name: str) -> tuple[str, CreatedKey]:
     tenant_id = new_id("tenant")
     async with db.transaction() as uow:
         await uow.conn.execute(insert(t.tenants).values(id=tenant_id, name=name, created_at=utcnow()))
-        await uow.conn.execute(insert(t.event_counters).values(tenant_id=tenant_id, last_seq=0))
+        await uow.conn.execute(insert(t.event_counters).values(tenant_id=tenant_id, last_seq=0, endpoints_version=0))
     key = await create_key(db, tenant_id, name="default")
     return tenant_id, key
 

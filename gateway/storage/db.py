@@ -19,6 +19,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway.storage.outbox import EndpointCache
 from gateway.storage.reader import FastReader
 from gateway.storage.uow import UnitOfWork
 
@@ -69,6 +70,8 @@ class Database:
         if self.is_sqlite:
             self._configure_sqlite()
         self.reader = FastReader(self.engine, cache_size=read_cache_size)
+        #: The outbox's webhook endpoints cache; delivery workers add their doorbell to its listeners.
+        self.endpoints = EndpointCache()
 
     def _configure_sqlite(self) -> None:
         sync_engine = self.engine.sync_engine
@@ -110,7 +113,7 @@ class Database:
                 if self.is_sqlite:
                     conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
                 async with conn.begin():
-                    uow = UnitOfWork(conn, tenant_id, dialect=self.engine.dialect.name)
+                    uow = UnitOfWork(conn, tenant_id, dialect=self.engine.dialect.name, endpoints=self.endpoints)
                     yield uow
                     hook = PRECOMMIT.get()
                     if hook is not None:

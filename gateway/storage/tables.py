@@ -32,6 +32,9 @@ class EventCounter(SQLModel, table=True):
 
     tenant_id: str = Field(primary_key=True, foreign_key="tenants.id", max_length=40)
     last_seq: int = Field(default=0, sa_type=BigInteger)
+    #: Bumped by every change to the tenant's webhook endpoints, in the same transaction: the
+    #: outbox reads it with the seq reservation and reloads its cached endpoints when it moved.
+    endpoints_version: int = Field(default=0, sa_type=BigInteger)
 
 
 class ApiKey(SQLModel, table=True):
@@ -325,6 +328,86 @@ class WebhookInboxRow(SQLModel, table=True):
     processed_at: datetime | None = None
 
 
+class WebhookEndpointRow(SQLModel, table=True):
+    """A consumer's outbound webhook endpoint: where the tenant's matching events are delivered.
+
+    ``events``: JSON list of event types or patterns (``*``, ``order.*``); ``connection_ids``:
+    JSON list, or ``NULL`` for every connection. ``secret`` is the ``whsec_`` signing secret as
+    ciphertext bound to (tenant, endpoint). ``status``: ``enabled`` | ``disabled``
+    (``disabled_reason``: ``manual`` or ``gone``, a 410 from the receiver). ``retry_at``: when the
+    head of its queue is next due (a hint for the delivery worker); ``lease_owner`` /
+    ``lease_until``: the delivery worker currently sending to it (one at a time, so order holds).
+    """
+
+    __tablename__ = "webhook_endpoints"
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(foreign_key="tenants.id", index=True, max_length=40)
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    description: str | None = Field(default=None, max_length=500)
+    events: str = Field(sa_column=Column(Text, nullable=False))
+    connection_ids: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    secret: str = Field(sa_column=Column(Text, nullable=False))
+    status: str = Field(default="enabled", max_length=10)
+    disabled_reason: str | None = Field(default=None, max_length=20)
+    retry_at: datetime | None = None
+    lease_owner: str | None = Field(default=None, max_length=80)
+    lease_until: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None = None
+
+
+class WebhookDeliveryRow(SQLModel, table=True):
+    """One event to one endpoint, written in the same transaction as the event (the outbox).
+
+    ``status``: ``pending`` (``next_attempt_at`` says when) → ``delivered`` (a 2xx) | ``failed``
+    (the retry schedule ran out) | ``cancelled`` (the endpoint was deleted). ``seq`` is the
+    event's: an endpoint's deliveries go out in ``seq`` order.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_deliveries_event"),
+        Index("ix_webhook_deliveries_queue", "endpoint_id", "status", "seq"),
+        Index("ix_webhook_deliveries_log", "endpoint_id", "created_at", "id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40)
+    endpoint_id: str = Field(foreign_key="webhook_endpoints.id", max_length=40)
+    event_id: str = Field(max_length=40)
+    seq: int = Field(sa_type=BigInteger)
+    event_type: str = Field(max_length=60)
+    status: str = Field(default="pending", max_length=10)
+    attempts: int = 0
+    next_attempt_at: datetime
+    last_attempt_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    delivered_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookAttemptRow(SQLModel, table=True):
+    """One HTTP attempt of a delivery (the delivery log): status code or error, duration in
+    milliseconds, the first 1,000 characters of the receiver's answer."""
+
+    __tablename__ = "webhook_delivery_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "attempt"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    delivery_id: str = Field(foreign_key="webhook_deliveries.id", max_length=40)
+    endpoint_id: str = Field(max_length=40)
+    attempt: int
+    attempted_at: datetime
+    status_code: int | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    duration_ms: int
+    response_body: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
 class SyncRunRow(SQLModel, table=True):
     """One sync run of one entity: its mode, outcome and counts (the sync history)."""
 
@@ -366,3 +449,6 @@ sync_states = SyncStateRow.__table__
 sync_runs = SyncRunRow.__table__
 sync_pages = SyncPageRow.__table__
 webhook_inbox = WebhookInboxRow.__table__
+webhook_endpoints = WebhookEndpointRow.__table__
+webhook_deliveries = WebhookDeliveryRow.__table__
+webhook_attempts = WebhookAttemptRow.__table__

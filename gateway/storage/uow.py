@@ -18,13 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway import jsonutil
 from gateway.ids import new_id
 from gateway.storage import tables as t
+from gateway.storage.outbox import EndpointCache, fan_out
 
 # Built once: every write transaction runs them.
 _RESERVE_SEQS = (
     update(t.event_counters)
     .where(t.event_counters.c.tenant_id == bindparam("b_tenant"))
     .values(last_seq=t.event_counters.c.last_seq + bindparam("b_count"))
-    .returning(t.event_counters.c.last_seq)
+    .returning(t.event_counters.c.last_seq, t.event_counters.c.endpoints_version)
 )
 _INSERT_EVENTS = insert(t.events)
 
@@ -50,10 +51,14 @@ class UnitOfWork:
         tenant_id: the tenant whose events may be emitted.
         events: events emitted so far; their ``seq`` is set once written.
         after_commit: callbacks run after a successful commit (cache invalidation, doorbells).
+        endpoints: the webhook endpoints cache events are fanned out with (``None``: no fan-out,
+            only for tools that write events outside a :class:`~gateway.storage.db.Database`).
     """
 
-    def __init__(self, conn: AsyncConnection, tenant_id: str | None, *, dialect: str) -> None:
+    def __init__(self, conn: AsyncConnection, tenant_id: str | None, *, dialect: str,
+                 endpoints: EndpointCache | None = None) -> None:
         self.conn = conn
+        self.endpoints = endpoints
         self.tenant_id = tenant_id
         self.dialect = dialect
         self.events: list[PendingEvent] = []
@@ -77,7 +82,8 @@ class UnitOfWork:
         return pending
 
     async def flush_events(self) -> None:
-        """Assign ``seq`` numbers and insert queued events (called by the database before commit)."""
+        """Assign ``seq`` numbers, insert queued events and their webhook deliveries
+        (:func:`gateway.storage.outbox.fan_out`); called by the database before commit."""
         if not self.events:
             return
         count = len(self.events)
@@ -85,7 +91,7 @@ class UnitOfWork:
         row = result.first()
         if row is None:
             raise RuntimeError(f"tenant {self.tenant_id} has no event counter")
-        first = row[0] - count + 1
+        first, version = row[0] - count + 1, row[1]
         now = jsonutil.utcnow()
         rows = []
         for offset, pending in enumerate(self.events):
@@ -103,3 +109,5 @@ class UnitOfWork:
                 }
             )
         await self.conn.execute(_INSERT_EVENTS, rows)
+        if self.endpoints is not None:
+            await fan_out(self, self.events, version, self.endpoints)

@@ -7,7 +7,10 @@ cron slot once across workers). Configure with ``TILLGATE_REDIS_URL`` and ``TILL
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 from typing import Any
 
 from arq import cron, func
@@ -59,12 +62,41 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["tillgate_services"] = services
     ctx["tillgate"] = WorkerContext(db=services.db, services=services, dispatcher=services.dispatcher,
                                     lease_seconds=settings.job_lease_seconds)
+    await services.start_deliveries()
+    ctx["tillgate_doorbell"] = asyncio.create_task(listen_for_deliveries(ctx["redis"], services.deliveries))
+
+
+async def listen_for_deliveries(redis: Any, deliveries: Any) -> None:
+    """Ring this worker's delivery loop on every message of the delivery channel (API processes
+    publish after commits that created deliveries). Reconnects after errors; the loop's own
+    poll covers the gaps."""
+    from gateway.workers.deliveries import CHANNEL
+
+    while True:
+        try:
+            async with redis.pubsub() as pubsub:
+                await pubsub.subscribe(CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        deliveries.ring()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logging.getLogger("tillgate.deliveries").warning("delivery channel lost; resubscribing", exc_info=True)
+            await asyncio.sleep(1.0)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     """Close what :func:`startup` opened."""
+    doorbell = ctx.pop("tillgate_doorbell", None)
+    if doorbell is not None:
+        doorbell.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await doorbell
     services = ctx.pop("tillgate_services", None)
     if services is not None:
+        if services.deliveries is not None:
+            await services.deliveries.stop()
         await services.db.dispose()
 
 
