@@ -71,6 +71,8 @@ from gateway.model import (
 from gateway.sdk.connector import ConnectionContext, InboundEvent
 from gateway.sdk.http import BreakerPolicy, RetryPolicy
 from gateway.sdk.registry import ConnectorRegistry
+from gateway.services import adjustments
+from gateway.services.adjustments import PushDeferred
 from gateway.services.connections import ConnectionService
 from gateway.services.sync import SyncEngine
 from gateway.services.tenants import create_tenant
@@ -806,13 +808,20 @@ async def test_an_adjustment_applies_once_however_its_push_is_retried(make_env) 
     products, locations = await env.cached("products"), await env.cached("locations")
     store_id = locations[STORE_ID]["id"]
     start = env.store.products["prod_002"].stock
+    synced_levels = await env.events("inventory.updated")
 
-    def adjustment(delta: str, ref: str | None = None) -> AdjustmentCreate:
-        return AdjustmentCreate(product_id=products["prod_002"]["id"], location_id=store_id, delta=delta,
-                                reason="restock", reference=ref)
+    async def accept(delta: str, ref: str | None = None) -> dict[str, Any]:
+        return await (await env.connector()).create_adjustment(AdjustmentCreate(
+            product_id=products["prod_002"]["id"], location_id=store_id, delta=delta, reason="restock", reference=ref))
 
-    first = await (await env.connector()).create_adjustment(adjustment("5", "PO-17"))
-    assert (first["status"], first["attempts"], first["delta"]) == ("applied", 1, "5")
+    async def push(adjustment_id: str, **options: Any) -> dict[str, Any]:
+        return await (await env.connector()).push_adjustment(adjustment_id, **options)
+
+    first = await accept("5", "PO-17")
+    assert (first["status"], first["attempts"], first["delta"]) == ("pending", 0, "5")
+    assert env.store.products["prod_002"].stock == start and not env.store.adjustments  # stored, not pushed
+    pushed = await push(first["id"])
+    assert (pushed["id"], pushed["status"], pushed["attempts"], pushed["last_error"]) == (first["id"], "applied", 1, None)
     assert env.store.products["prod_002"].stock == start + 5
     assert (await env.cached("inventory"))["prod_002"]["on_hand"] == str(start + 5)
     [vendor_adjustment] = env.store.adjustments.values()
@@ -821,21 +830,25 @@ async def test_an_adjustment_applies_once_however_its_push_is_retried(make_env) 
     # the answer is lost after the vendor applied it: the client retries with the same key, the vendor replays
     lossy = LosesFirstAnswer(env.app)
     env.service.registry = ConnectorRegistry([connector_for_app(env.app, transport=lossy)], load_entry_points=False)
-    second = await (await env.connector()).create_adjustment(adjustment("-2"))
+    second = await push((await accept("-2"))["id"])
     assert lossy.lost == 1 and second["status"] == "applied"
     assert env.store.products["prod_002"].stock == start + 3 and len(env.store.adjustments) == 2
 
-    # no client retry at all: the push fails, the adjustment is recorded failed; pushing it again
-    # (same adjustment, same key) applies nothing twice
+    # no client retry at all: the attempt reaches no verdict (pending, the error recorded); the
+    # next push (same adjustment, same key) is replayed by the vendor and applies nothing twice
     lossy = LosesFirstAnswer(env.app)
     once = RetryPolicy(attempts=1, max_total=1, backoff=0.001, backoff_max=0.001, jitter=0)
     env.service.registry = ConnectorRegistry([connector_for_app(env.app, transport=lossy, retry=once)],
                                              load_entry_points=False)
-    third = await (await env.connector()).create_adjustment(adjustment("4"))
-    assert (third["status"], third["attempts"]) == ("failed", 1) and "vendor_timeout" in third["last_error"]
+    third = await accept("4")
+    with pytest.raises(PushDeferred):
+        await push(third["id"])
+    async with env.db.read() as conn:
+        row = await adjustments.load(conn, env.connection_id, third["id"])
+    assert (row["status"], row["attempts"]) == ("pending", 1) and row["last_error"].startswith("vendor_timeout:")
     assert env.store.products["prod_002"].stock == start + 7 and len(env.store.adjustments) == 3  # it did land
     for _ in range(2):
-        again = await (await env.connector()).push_adjustment(third["id"])
+        again = await push(third["id"])
         assert (again["id"], again["status"], again["attempts"], again["last_error"]) == (third["id"], "applied", 2, None)
     assert env.store.products["prod_002"].stock == start + 7 and len(env.store.adjustments) == 3
     assert (await env.cached("inventory"))["prod_002"]["on_hand"] == str(start + 7)
@@ -843,15 +856,17 @@ async def test_an_adjustment_applies_once_however_its_push_is_retried(make_env) 
         rows = (await conn.execute(select(t.adjustments.c.status, t.adjustments.c.delta_milli).where(
             t.adjustments.c.connection_id == env.connection_id))).all()
     assert sorted(rows, key=lambda r: r.delta_milli) == [("applied", -2000), ("applied", 4000), ("applied", 5000)]
-    assert await env.events("adjustment.failed") == 1 and await env.events("adjustment.applied") == 3
+    assert await env.events("adjustment.failed") == 0 and await env.events("adjustment.applied") == 3
+    # the gateway's own writes came back in the read-backs: no inventory.updated for them
+    assert await env.events("inventory.updated") == synced_levels
 
-    with pytest.raises(Conflict) as info:
-        await (await env.connector()).create_adjustment(adjustment(str(-(start + 8))))
-    assert info.value.code == "insufficient_stock" and env.store.products["prod_002"].stock == start + 7
+    short = await push((await accept(str(-(start + 8))))["id"])  # the vendor's 409: a verdict, not a retry
+    assert (short["status"], short["attempts"]) == ("failed", 1) and short["last_error"].startswith("insufficient_stock:")
+    assert env.store.products["prod_002"].stock == start + 7 and await env.events("adjustment.failed") == 1
     with pytest.raises(ValidationFailed):
-        await (await env.connector()).create_adjustment(adjustment("1.5"))
+        await accept("1.5")
     with pytest.raises(NotFound):
-        await (await env.connector()).push_adjustment("adj_unknown")
+        await push("adj_unknown")
 
 
 async def test_the_receipt_is_the_vendors_pdf(make_env) -> None:

@@ -353,7 +353,14 @@ async def test_concurrent_deltas_on_one_stock_row_both_land(make_env) -> None:
         return await connector.create_adjustment(AdjustmentCreate(
             product_id=product["id"], location_id=location["id"], delta=delta, reason="restock", reference=ref))
 
-    first, second = await asyncio.gather(adjust("5", "po-1"), adjust("-2", "po-2"))
+    async def push(adjustment: dict[str, Any]) -> dict[str, Any]:
+        connector = await env.connector()  # one instance per job, as the worker does
+        return await connector.push_adjustment(adjustment["id"])
+
+    accepted = await asyncio.gather(adjust("5", "po-1"), adjust("-2", "po-2"))
+    assert [a["status"] for a in accepted] == ["pending", "pending"]
+    assert env.store.products[2].stock[0] == start  # accepted, not yet pushed
+    first, second = await asyncio.gather(*(push(a) for a in accepted))  # the two pushes race for the row
     assert (first["status"], second["status"]) == ("applied", "applied")
     assert env.store.products[2].stock[0] == start + 3
     assert (await env.cached("inventory"))["2:1"]["on_hand"] == str(start + 3)
@@ -369,10 +376,11 @@ async def test_concurrent_deltas_on_one_stock_row_both_land(make_env) -> None:
     level = await connector.set_inventory_count(product["id"], location["id"],
                                                 CountSet(on_hand="7", expected_on_hand=str(start + 3)))
     assert level["on_hand"] == "7" and env.store.products[2].stock[0] == 7
-    with pytest.raises(Conflict) as info:
-        await connector.create_adjustment(AdjustmentCreate(product_id=product["id"], location_id=location["id"],
-                                                           delta="-8", reason="sale"))
-    assert info.value.code == "insufficient_stock" and env.store.products[2].stock[0] == 7
+    short = await connector.create_adjustment(AdjustmentCreate(product_id=product["id"], location_id=location["id"],
+                                                               delta="-8", reason="sale"))
+    failed = await (await env.connector()).push_adjustment(short["id"])
+    assert failed["status"] == "failed" and failed["last_error"].startswith("insufficient_stock:")
+    assert env.store.products[2].stock[0] == 7
 
 
 async def test_breaker_opens_and_closes_and_the_connection_says_so(db, tenant):

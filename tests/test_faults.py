@@ -400,3 +400,81 @@ async def test_a_worker_killed_while_processing_webhooks_loses_none(tmp_path, ai
                 process.terminate()
                 process.wait(15)
         await services.db.dispose()
+
+
+# -- outbound webhooks in scale-out ----------------------------------------------------------------
+async def test_a_worker_killed_while_delivering_webhooks_loses_none(tmp_path):
+    """Scale-out: a `tillgate serve` process writes events (60 products through the API) and
+    rings the delivery channel; a `tillgate worker` delivers them to a slow receiver and is
+    SIGKILLed midway; a second worker takes the endpoint over once its lease lapses. The
+    receiver ends with every event, first arrivals in seq order, every delivery verifying with
+    `standardwebhooks`; duplicates on the wire are allowed, none missing."""
+    from standardwebhooks.webhooks import Webhook
+    from test_webhooks_outbound import Receiver, serving
+
+    env, settings = await scale_out(tmp_path, "deliverykill", lease_seconds=2)
+    env = {**env, "TILLGATE_WEBHOOK_ALLOW_PRIVATE": "true", "TILLGATE_WEBHOOK_TIMEOUT_SECONDS": "1",
+           "TILLGATE_WEBHOOK_RETRY_SCHEDULE": "0.2,0.2,0.2"}
+    services = Services.build(settings)
+    log_path = tmp_path / "processes.log"
+    processes: list[subprocess.Popen] = []
+    receiver = Receiver(delay=0.03)
+    try:
+        _, key = await create_tenant(services.db, "deliverykill")
+        api, base = start_api(env, log_path)
+        processes.append(api)
+        # the first worker polls rarely: its prompt deliveries show the API's doorbell reaches it
+        first = start_worker({**env, "TILLGATE_WEBHOOK_POLL_SECONDS": "30"}, log_path)
+        processes.append(first)
+        async with serving(receiver), httpx.AsyncClient(base_url=base, timeout=30,
+                                                        headers={"Authorization": f"Bearer {key.secret}"}) as http:
+            con = (await http.post("/v1/connections", json={"connector": "local", "name": "Shop"})).json()["id"]
+            created = await http.post("/v1/webhook-endpoints", json={"url": receiver.url, "events": ["product.created"]})
+            assert created.status_code == 201, created.text
+            endpoint = created.json()
+            await asyncio.sleep(2)  # the worker has started and subscribed
+            started = time.monotonic()
+            await http.post(f"/v1/connections/{con}/products", json={"name": "First", "sku": "K-0", "price": "1.00"})
+            while not receiver.received and time.monotonic() - started < 10:
+                await asyncio.sleep(0.01)
+            assert receiver.received, log_path.read_text()[-3000:]
+            assert time.monotonic() - started < 3  # rung over Redis, not found by a 30 s poll
+            for n in range(1, 60):
+                response = await http.post(f"/v1/connections/{con}/products",
+                                           json={"name": f"P{n}", "sku": f"K-{n}", "price": "1.00"})
+                assert response.status_code == 201, response.text
+            for _ in range(1000):
+                if len(receiver.received) >= 15:
+                    break
+                await asyncio.sleep(0.01)
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            at_kill = len(receiver.received)
+            assert at_kill < 60, "the first worker finished before the kill; slow the receiver down"
+            processes.append(start_worker({**env, "TILLGATE_WEBHOOK_POLL_SECONDS": "0.2"}, log_path))
+            events = []
+            page = (await http.get("/v1/events", params={"type": "product.created", "limit": 1000})).json()
+            events = [e["id"] for e in page["data"]]
+            assert len(events) == 60
+            for _ in range(3000):
+                if {r["headers"]["webhook-id"] for r in receiver.received} >= set(events):
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                pytest.fail(f"missing deliveries after the takeover:\n{log_path.read_text()[-3000:]}", pytrace=False)
+        verifier = Webhook(endpoint["secret"])
+        first_seen: list[str] = []
+        for entry in receiver.received:
+            event = verifier.verify(entry["body"], entry["headers"])
+            if event["id"] not in first_seen:
+                first_seen.append(event["id"])
+        assert first_seen == events
+        # sent again: at most what the killed worker sent in its last unrecorded batch (RECORD_EVERY,
+        # 0.25 s, of 30 ms answers) and the attempt in flight
+        assert len(receiver.received) - len(events) <= 10
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(15)
+        await services.db.dispose()

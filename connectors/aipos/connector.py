@@ -22,7 +22,6 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, ClassVar
 
 import httpx
-from sqlalchemy import select, update
 
 from gateway import jsonutil
 from gateway.errors import (
@@ -34,7 +33,6 @@ from gateway.errors import (
     WebhookMalformed,
     WebhookSignatureInvalid,
 )
-from gateway.ids import new_id
 from gateway.mapping import (
     MappingContext,
     MappingError,
@@ -49,9 +47,9 @@ from gateway.sdk.connector import InboundEvent, Page, RemoteRecord, load_manifes
 from gateway.sdk.http import VendorClient, VendorNotFound, VendorRequestRejected
 from gateway.sdk.pagination import BasePaginator
 from gateway.sdk.remote import RemoteConnector
-from gateway.services import records
+from gateway.services import adjustments, journal, records
 from gateway.services.adjustments import render_adjustment
-from gateway.storage import tables as t
+from gateway.services.locks import LockBusy
 from gateway.storage.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -217,11 +215,6 @@ class StartingAfterPaginator(BasePaginator):
             raise VendorError(f"AI POS list: the last record has no {self.cursor_key} to continue after",
                               vendor=VENDOR, code="vendor_invalid_response")
         return {"after": last}
-
-
-class _Row:
-    def __init__(self, values: Mapping[str, Any]) -> None:
-        self.__dict__.update(values)
 
 
 def _header_values(headers: Any, name: str) -> list[str]:
@@ -768,23 +761,17 @@ class AIPOSConnector(RemoteConnector):
 
     # -- inventory -----------------------------------------------------------------------------------
     async def create_adjustment(self, body: Any) -> dict[str, Any]:
-        """Push a stock delta: ``POST /inventory/adjustments`` (API.md) with ``Idempotency-Key:
-        tillgate-<adjustment id>``.
+        """Accept a stock delta for ``POST /inventory/adjustments`` (API.md); the worker pushes it
+        (:meth:`push_adjustment`).
 
-        The adjustment row is stored ``pending`` first (durable), then pushed (:meth:`push_adjustment`);
-        the vendor applies one key once and replays its first answer to a retry, so the client's
-        retries of the POST, a re-push of a ``failed`` or stranded ``pending`` adjustment, and the
-        vendor's own replays never apply the delta twice (within the vendor's 24 h key window).
-        The product's level is re-read and cached with the adjustment's status and its event
-        (``adjustment.applied`` / ``adjustment.failed``).
+        Validated first (nothing is stored for a bad request), then stored ``pending`` with its
+        ``adjustment`` job in one transaction (:func:`gateway.services.adjustments.store_pending`).
 
         Returns:
-            The Adjustment (``gateway.services.adjustments.render_adjustment``): ``applied``, or
-            ``failed`` with ``last_error`` when the vendor could not be reached.
+            The Adjustment (``gateway.services.adjustments.render_adjustment``), ``pending``.
 
         Raises:
             ValidationFailed: unknown product or location, a variant, a fractional delta.
-            Conflict: ``insufficient_stock`` (the vendor's 409; the adjustment is recorded ``failed``).
         """
         if body.variant_id:
             raise _invalid(("body", "variant_id"), "AI POS products have no variants", "unsupported_by_vendor")
@@ -798,80 +785,93 @@ class AIPOSConnector(RemoteConnector):
         if location is None or location["remote_id"] != STORE_ID:
             raise _invalid(("body", "location_id"), "no such location on this connection", "unknown_location")
         delta = _whole(body.delta, ("body", "delta"))
-        now = jsonutil.utcnow()
-        values = {
-            "id": new_id("adjustment"), "tenant_id": self.context.tenant_id, "connection_id": self.context.id,
-            "product_id": product["id"], "variant_id": None, "location_id": location["id"],
-            "delta_milli": delta * 1000, "reason": body.reason, "reference": body.reference, "status": "pending",
-            "attempts": 0, "last_error": None, "applied_at": None, "created_at": now, "updated_at": now,
-        }
-        async with self.db.transaction(self.context.tenant_id) as uow:
-            await uow.conn.execute(t.adjustments.insert().values(**values))
-        return await self._push(values)
+        return await adjustments.store_delta(self.db, self.context, product_id=product["id"], location_id=location["id"],
+                                             delta=delta, reason=body.reason, reference=body.reference)
 
-    async def push_adjustment(self, adjustment_id: str) -> dict[str, Any]:
-        """Push a ``pending`` or ``failed`` adjustment again, with the same ``Idempotency-Key`` and
-        byte-identical body: the vendor applies it if it never did, or replays its first answer
-        if it did (a lost answer, a crash after the push). An ``applied`` one is returned as is.
+    async def push_adjustment(self, adjustment_id: str, *, final: bool = False) -> dict[str, Any]:
+        """One push of a ``pending`` adjustment: ``POST /inventory/adjustments`` with
+        ``Idempotency-Key: tillgate-<adjustment id>`` and a body built only from the row (the same
+        bytes on every push). The vendor applies one key once and replays its first answer to a
+        retry (API.md "Transport", 24 h), so a push repeated after a lost answer, a timeout or a
+        crash applies the delta once. Pushes of one product run one at a time
+        (:func:`gateway.services.adjustments.stock_lock`), so the level each reads back follows
+        its own write.
+
+        Before the call the delta is journaled (:func:`gateway.services.journal.expect`), so a
+        report of the new level (the read-back, an ``inventory.low`` webhook, a poll), even one
+        processed before this push records its outcome, is cached without ``inventory.updated``.
+
+        Verdicts: ``201`` → ``applied``: the level is read back (``GET /inventory?product_id=``)
+        and cached with the verdict and ``adjustment.applied``, the change's one event (unless
+        the read-back shows more than this write: that is cached with its ``inventory.updated``).
+        ``409 insufficient_stock`` or any other vendor 4xx (a product AI POS no longer has) →
+        ``failed`` (``adjustment.failed``). 5xx, 429, timeouts, the POS unreachable → no verdict:
+        :class:`~gateway.services.adjustments.PushDeferred`, or ``failed`` on the ``final`` attempt.
 
         Raises:
             NotFound: no such adjustment on this connection.
-            Conflict: ``insufficient_stock`` (as :meth:`create_adjustment`).
+            PushDeferred: retry later (the attempt and its error are recorded).
         """
         async with self.db.read() as conn:
-            row = (await conn.execute(select(t.adjustments).where(
-                t.adjustments.c.id == adjustment_id, t.adjustments.c.connection_id == self.context.id,
-            ))).mappings().first()
-        if row is None:
-            raise NotFound(f"no adjustment {adjustment_id!r} on this connection")
-        if row["status"] == "applied":
-            return render_adjustment(_Row(row))
-        return await self._push(dict(row))
-
-    async def _push(self, adjustment: dict[str, Any]) -> dict[str, Any]:
-        """One push of an adjustment row (see :meth:`create_adjustment`); records the outcome."""
-        product = await self._live("products", adjustment["product_id"])
-        attempts = int(adjustment["attempts"]) + 1
-        status, last_error, level, conflict = "failed", None, None, None
+            row = await adjustments.load(conn, self.context.id, adjustment_id)
+        if row["status"] != "pending":
+            return render_adjustment(row)
+        tenant_id = self.context.tenant_id
+        product = await self._live("products", row["product_id"])
         if product is None:
-            last_error = f"product {adjustment['product_id']} is no longer on this connection"
-        else:
-            reason = adjustment["reason"]
-            data = {"product_id": product["id"], "delta": Decimal(adjustment["delta_milli"]) / 1000, "reason": reason,
-                    "vendor_reason": f"{reason}: {adjustment['reference']}"[:500] if adjustment["reference"] else reason}
-            vendor_body = self._write_body("inventory", data, {"products": {product["id"]: product["remote_id"]}})
-            async with self._session() as client:
-                try:
-                    await self._post(client, "/inventory/adjustments", vendor_body, f"tillgate-{adjustment['id']}")
-                    status = "applied"
-                except VendorError as exc:
-                    last_error = f"{_vendor_code(exc) or exc.code}: {exc.detail}"
-                    if _vendor_code(exc) == "insufficient_stock":
-                        conflict = Conflict(
-                            f"not enough stock of product {product['id']} at AI POS for a delta of "
-                            f"{Decimal(adjustment['delta_milli']) / 1000}", code="insufficient_stock",
-                            product_id=product["id"], location_id=adjustment["location_id"])
-                if status == "applied":
-                    try:
-                        level = await self._level(client, product["remote_id"])
-                    except VendorError as exc:  # applied; the next poll refreshes the stock
-                        log.info("aipos %s: could not re-read the stock of %s (%s)", self.context.id,
-                                 product["remote_id"], exc.code)
-        maps = {"products": {product["remote_id"]: product["id"]}, "locations": {STORE_ID: adjustment["location_id"]}} \
-            if product is not None else {}
-        now = jsonutil.utcnow()
-        values = {"status": status, "attempts": attempts, "last_error": last_error,
-                  "applied_at": now if status == "applied" else None, "updated_at": now}
-        async with self.db.transaction(self.context.tenant_id) as uow:
-            await uow.conn.execute(update(t.adjustments).where(t.adjustments.c.id == adjustment["id"]).values(**values))
-            if level is not None:
-                await self._upsert(uow, "inventory", self._vendor_record("inventory", level, self._ctx(maps)))
-            rendered = render_adjustment(_Row({**adjustment, **values}))
-            uow.emit(f"adjustment.{status}", self.context.id, rendered,
-                     ["status", "applied_at"] if status == "applied" else ["status", "last_error"])
-        if conflict is not None:
-            raise conflict
-        return rendered
+            return await adjustments.not_applied(
+                self.db, tenant_id, adjustment_id, f"unknown_product: product {row['product_id']} is no longer "
+                "on this connection", fatal=True, final=final)
+        try:
+            async with adjustments.stock_lock(self.db, self.context.id, row["product_id"], row["location_id"]):
+                return await self._push(adjustment_id, product, final=final)
+        except LockBusy as exc:
+            return await adjustments.not_applied(self.db, tenant_id, adjustment_id, exc, fatal=False, final=final)
+
+    async def _push(self, adjustment_id: str, product: dict[str, Any], *, final: bool) -> dict[str, Any]:
+        """The push under the stock row's lock (see :meth:`push_adjustment`)."""
+        tenant_id = self.context.tenant_id
+        async with self.db.read() as conn:  # again, under the lock: another push may have settled it
+            row = await adjustments.load(conn, self.context.id, adjustment_id)
+        if row["status"] != "pending":
+            return render_adjustment(row)
+        delta = Decimal(row["delta_milli"]) / 1000
+        reason = row["reason"]
+        data = {"product_id": product["id"], "delta": delta, "reason": reason,
+                "vendor_reason": f"{reason}: {row['reference']}"[:500] if row["reference"] else reason}
+        vendor_body = self._write_body("inventory", data, {"products": {product["id"]: product["remote_id"]}})
+        async with self.db.transaction(tenant_id) as uow:  # journaled before the POS can report it
+            await journal.expect(uow, connection_id=self.context.id, remote_id=product["remote_id"],
+                                 delta_milli=row["delta_milli"], adjustment_id=adjustment_id,
+                                 ttl=journal.window(self.settings))
+        level = None
+        async with self._session() as client:
+            try:
+                await self._post(client, "/inventory/adjustments", vendor_body, f"tillgate-{adjustment_id}")
+            except VendorError as exc:
+                if _vendor_code(exc) == "insufficient_stock":
+                    return await adjustments.not_applied(
+                        self.db, tenant_id, adjustment_id, f"insufficient_stock: not enough stock of product "
+                        f"{product['id']} at AI POS for a delta of {delta} ({exc.detail})", fatal=True, final=final)
+                return await adjustments.not_applied(self.db, tenant_id, adjustment_id, exc,
+                                                     fatal=not exc.retryable, final=final)
+            try:
+                level = await self._level(client, product["remote_id"])
+            except VendorError as exc:  # applied; the journal waits for the webhook or poll that brings it
+                log.info("aipos %s: could not re-read the stock of %s (%s)", self.context.id, product["remote_id"], exc.code)
+        record = None
+        if level is not None:
+            maps = {"products": {product["remote_id"]: product["id"]}, "locations": {STORE_ID: row["location_id"]}}
+            try:
+                record = self._vendor_record("inventory", level, self._ctx(maps))
+            except VendorError as exc:
+                log.warning("aipos %s: the stock of %s read back cannot be mapped (%s)", self.context.id,
+                            product["remote_id"], exc.detail)
+        async with self.db.transaction(tenant_id) as uow:
+            if record is not None:
+                await self._upsert(uow, "inventory", record)
+                await journal.close(uow, adjustment_id)  # read back in another state: not this write's echo
+            return await adjustments.settle(uow, adjustment_id, "applied")
 
     # -- inbound webhooks --------------------------------------------------------------------------
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, now: float) -> InboundEvent:

@@ -8,28 +8,26 @@ webhooks, so every read is a full scan that the records cache diffs by content h
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
-from sqlalchemy import text
+from sqlalchemy import select, update
 
 from gateway import jsonutil
-from gateway.errors import Conflict, NotFound, ValidationFailed, VendorError
-from gateway.ids import new_id
+from gateway.errors import Conflict, NotFound, TillgateError, ValidationFailed, VendorError
 from gateway.mapping import MappingContext, MappingError, dumps_vendor_body, load_connector_mappings
 from gateway.sdk.auth import ApiKeyHeader
 from gateway.sdk.connector import Page, RemoteRecord, load_manifest, page_fingerprint
 from gateway.sdk.http import VendorClient
 from gateway.sdk.pagination import PageNumberPaginator
 from gateway.sdk.remote import RemoteConnector
-from gateway.services import records
+from gateway.services import adjustments, journal, records
 from gateway.services.adjustments import render_adjustment
+from gateway.services.locks import LockBusy
 from gateway.storage import tables as t
 from gateway.storage.uow import UnitOfWork
 
@@ -44,8 +42,6 @@ STOCK_ATTEMPTS = 3
 FIND_MAX_PAGES = 50
 
 _MAPPINGS = load_connector_mappings("apex")
-#: in-process serialisation of stock writes per (connection, product, location)
-_STOCK_LOCKS: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
 
 
 def _invalid(loc: tuple[str, ...], msg: str, type_: str, *, code: str | None = None) -> ValidationFailed:
@@ -56,11 +52,6 @@ def _whole(value: Decimal, loc: tuple[str, ...]) -> int:
     if value != value.to_integral_value():
         raise _invalid(loc, "Apex stock and sale quantities are whole numbers", "not_integer")
     return int(value)
-
-
-class _Row:
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)
 
 
 class ApexConnector(RemoteConnector):
@@ -296,20 +287,6 @@ class ApexConnector(RemoteConnector):
         return await self._cache("orders", raw)
 
     # -- inventory -----------------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def _stock_lock(self, product_id: str, location_id: str) -> AsyncIterator[UnitOfWork]:
-        """Serialise writes to one stock row: an asyncio lock in this process, then a transaction
-        holding a PostgreSQL advisory lock (SQLite write transactions are already exclusive)."""
-        key = (self.context.id, product_id, location_id)
-        lock = _STOCK_LOCKS.get(key)
-        if lock is None:
-            lock = _STOCK_LOCKS[key] = asyncio.Lock()
-        async with lock, self.db.transaction(self.context.tenant_id) as uow:
-            if uow.dialect == "postgresql":
-                await uow.conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-                                       {"key": "apex-stock:" + ":".join(key)})
-            yield uow
-
     async def _stock_refs(self, product_id: str | None, sku: str | None, variant_id: str | None,
                           location_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         if variant_id:
@@ -344,76 +321,207 @@ class ApexConnector(RemoteConnector):
         return await self._cache("inventory", row, uow=uow, maps=maps)
 
     async def create_adjustment(self, body: Any) -> dict[str, Any]:
-        """Apply a stock delta through Apex's absolute set (see README "Inventory writes").
+        """Accept a stock delta; the worker applies it through Apex's absolute set
+        (:meth:`push_adjustment`, README "Inventory writes").
 
-        Under the per-stock-row lock: read the quantity, ``PATCH`` quantity + delta, read again.
-        The re-read equal to the target: applied. Equal to the value before: the set was lost
-        (overwritten by a writer that read before it), so the round is retried (at most
-        ``STOCK_ATTEMPTS``). Any other value: someone changed the stock right after the set; the
-        delta is taken as applied and ``last_error`` records the drift. A vendor failure records
-        the adjustment as ``failed`` (``adjustment.failed``) and returns it.
+        Validated first (nothing is stored for a bad request), then stored ``pending`` with its
+        ``adjustment`` job in one transaction (:func:`gateway.services.adjustments.store_pending`).
+
+        Returns:
+            The Adjustment, ``pending``.
 
         Raises:
             ValidationFailed: unknown product/location, variants, a fractional delta.
-            Conflict: ``insufficient_stock`` when the delta would take the count below zero.
         """
         product, location = await self._stock_refs(body.product_id, body.sku, body.variant_id, body.location_id)
         delta = _whole(body.delta, ("body", "delta"))
+        return await adjustments.store_delta(self.db, self.context, product_id=product["id"], location_id=location["id"],
+                                             delta=delta, reason=body.reason, reference=body.reference)
+
+    async def push_adjustment(self, adjustment_id: str, *, final: bool = False) -> dict[str, Any]:
+        """One push of a ``pending`` adjustment as a read-modify-write of Apex's absolute set
+        (README "Inventory writes: the guarantee"), under the stock row's lock.
+
+        Read the quantity (``GET /inventory?warehouse_id=``); settle any push of this stock row
+        left in doubt (its intent: see :meth:`_resolve_in_doubt`); then record the intent (the
+        quantity read and the target = read + delta, with the delta in the write journal) and
+        commit it *before* ``PATCH /inventory/{id}`` sets the target; read again:
+
+        - the target → ``applied``; the value before → the set did not hold (a writer that read
+          before it overwrote it): another round, at most ``STOCK_ATTEMPTS``, then no verdict;
+          anything else → ``applied`` (the stock changed at the POS right after the set; retrying
+          would apply the delta twice), ``last_error`` says so;
+        - the target below zero → ``failed`` ``insufficient_stock`` (nothing set);
+        - the set refused (4xx) → ``failed``; the set unanswered (5xx, timeout: it may have
+          landed) → read at once: the target → ``applied``, the value before → no verdict (the
+          next attempt sets it), anything else → ``failed`` ``outcome_unknown``; unreadable →
+          no verdict, the intent stays and the next attempt (or the next push of this stock row)
+          settles it from the count it reads.
+
+        Raises:
+            NotFound: no such adjustment on this connection.
+            PushDeferred: no verdict yet (the attempt and its error are recorded).
+        """
+        async with self.db.read() as conn:
+            row = await adjustments.load(conn, self.context.id, adjustment_id)
+        if row["status"] != "pending":
+            return render_adjustment(row)
+        product = await self._live("products", row["product_id"])
+        location = await self._live("locations", row["location_id"])
+        if product is None or location is None:
+            gone = f"product {row['product_id']}" if product is None else f"location {row['location_id']}"
+            return await self._not_applied(adjustment_id, f"unknown_{gone.split()[0]}: {gone} is no longer on this "
+                                           "connection", fatal=True, final=final)
+        try:
+            async with adjustments.stock_lock(self.db, self.context.id, product["id"], location["id"]) as held, \
+                    self._session() as client:
+                return await self._push(client, held, adjustment_id, product, location, final=final)
+        except LockBusy as exc:
+            return await self._not_applied(adjustment_id, exc, fatal=False, final=final)
+
+    async def _push(self, client: VendorClient, held: Any, adjustment_id: str, product: dict[str, Any],
+                    location: dict[str, Any], *, final: bool) -> dict[str, Any]:
+        """The push under the stock row's lock (see :meth:`push_adjustment`)."""
         pid, wid = int(product["remote_id"]), int(location["remote_id"])
-        notes = f"{body.reason}: {body.reference}" if body.reference else body.reason
-        attempts, last_error, status, row = 0, None, "failed", None
-        async with self._stock_lock(product["id"], location["id"]) as uow:
-            async with self._session() as client:
-                try:
-                    while attempts < STOCK_ATTEMPTS:
-                        attempts += 1
-                        before = int((await self._read_stock(client, pid, wid))["quantity"])
-                        target = before + delta
-                        if target < 0:
-                            raise Conflict(
-                                f"not enough stock of product {product['id']} at location {location['id']} ({before})",
-                                code="insufficient_stock", product_id=product["id"], location_id=location["id"],
-                            )
-                        await self._set_stock(client, pid, wid, target, notes)
-                        row = await self._read_stock(client, pid, wid)
-                        after = int(row["quantity"])
-                        if after == target:
-                            status, last_error = "applied", None
-                            break
-                        if after != before:
-                            status = "applied"
-                            last_error = (f"the stock changed at the POS during the adjustment: set {target}, "
-                                          f"then read {after}")
-                            break
-                        last_error = f"the set to {target} did not hold (read {after} again); retried"
-                    else:
-                        last_error = f"the stock set did not hold after {attempts} attempts"
-                except VendorError as exc:
-                    status, last_error = "failed", f"{exc.code}: {exc.detail}"
-            now = jsonutil.utcnow()
-            values = {
-                "id": new_id("adjustment"), "tenant_id": self.context.tenant_id, "connection_id": self.context.id,
-                "product_id": product["id"], "variant_id": None, "location_id": location["id"],
-                "delta_milli": delta * 1000, "reason": body.reason, "reference": body.reference, "status": status,
-                "attempts": attempts, "last_error": last_error, "applied_at": now if status == "applied" else None,
-                "created_at": now, "updated_at": now,
-            }
-            await uow.conn.execute(t.adjustments.insert().values(**values))
-            if row is not None:
-                await self._cache_level(uow, product, location, row)
-            adjustment = render_adjustment(_Row(values))
-            uow.emit(f"adjustment.{status}", self.context.id, adjustment,
-                     ["status", "applied_at"] if status == "applied" else ["status", "last_error"])
-        return adjustment
+        try:
+            current = await self._read_stock(client, pid, wid)
+        except VendorError as exc:
+            return await self._not_applied(adjustment_id, exc, fatal=not exc.retryable, final=final)
+        quantity = int(current["quantity"])
+        await self._resolve_in_doubt(product, location, current, attempt_of=adjustment_id)
+        async with self.db.read() as conn:
+            row = await adjustments.load(conn, self.context.id, adjustment_id)
+        if row["status"] != "pending":  # its own earlier set, settled from the count just read
+            return render_adjustment(row)
+        delta = row["delta_milli"] // 1000
+        notes = f"{row['reason']}: {row['reference']}" if row["reference"] else row["reason"]
+        for _ in range(STOCK_ATTEMPTS):
+            before, target = quantity, quantity + delta
+            if target < 0:
+                async with self.db.transaction(self.context.tenant_id) as uow:
+                    await self._cache_level(uow, product, location, current)
+                    return await adjustments.settle(uow, adjustment_id, "failed", last_error=(
+                        f"insufficient_stock: product {product['id']} has {before} at location {location['id']}; "
+                        f"a delta of {delta} would take it below zero"))
+            async with self.db.transaction(self.context.tenant_id) as uow:  # the intent, durable before the set
+                await held.verify(uow)
+                await uow.conn.execute(update(t.adjustments).where(
+                    t.adjustments.c.id == adjustment_id, t.adjustments.c.status == "pending").values(
+                    intent_before_milli=before * 1000, intent_target_milli=target * 1000, updated_at=jsonutil.utcnow()))
+                await journal.expect(uow, connection_id=self.context.id, remote_id=f"{pid}:{wid}",
+                                     delta_milli=delta * 1000, adjustment_id=adjustment_id,
+                                     ttl=journal.window(self.settings))
+            try:
+                await self._set_stock(client, pid, wid, target, notes)
+            except VendorError as exc:
+                return await self._unanswered_set(client, adjustment_id, product, location, before, target, exc,
+                                                  final=final)
+            try:
+                current = await self._read_stock(client, pid, wid)
+            except VendorError as exc:  # the set was answered: it landed; the next poll brings the level
+                log.info("apex %s: could not read back the stock of %s:%s (%s)", self.context.id, pid, wid, exc.code)
+                return await self._applied(adjustment_id, product, location, None)
+            after = int(current["quantity"])
+            if after == target:
+                return await self._applied(adjustment_id, product, location, current)
+            if after != before:
+                return await self._applied(adjustment_id, product, location, current, note=(
+                    f"the stock changed at the POS during the adjustment: set {target}, then read {after}"))
+            await self._clear_intent(adjustment_id)  # overwritten by a writer that read before the set
+            quantity = after
+        return await self._not_applied(adjustment_id, f"stock_set_not_held: the set did not hold in {STOCK_ATTEMPTS} "
+                                       "rounds (another writer kept overwriting it)", fatal=False, final=final)
+
+    async def _unanswered_set(self, client: VendorClient, adjustment_id: str, product: dict[str, Any],
+                              location: dict[str, Any], before: int, target: int, exc: VendorError, *,
+                              final: bool) -> dict[str, Any]:
+        """The ``PATCH`` failed: refused (4xx: not set), or unanswered (it may have landed): look now."""
+        if not exc.retryable:
+            await self._clear_intent(adjustment_id)
+            return await self._not_applied(adjustment_id, exc, fatal=True, final=final)
+        try:
+            current = await self._read_stock(client, int(product["remote_id"]), int(location["remote_id"]))
+        except VendorError:
+            return await self._not_applied(adjustment_id, exc, fatal=False, final=final)
+        now = int(current["quantity"])
+        if now == target:  # it landed; only the answer was lost
+            return await self._applied(adjustment_id, product, location, current)
+        if now == before:  # it did not land: the next attempt sets it
+            await self._clear_intent(adjustment_id)
+            return await self._not_applied(adjustment_id, exc, fatal=False, final=final)
+        async with self.db.transaction(self.context.tenant_id) as uow:
+            await self._cache_level(uow, product, location, current)
+            return await adjustments.settle(uow, adjustment_id, "failed", last_error=_outcome_unknown(before, target, now, exc))
+
+    async def _resolve_in_doubt(self, product: dict[str, Any], location: dict[str, Any], current: dict[str, Any], *,
+                                attempt_of: str | None = None) -> None:
+        """Settle every push of this stock row whose set may have landed (``pending`` with an
+        intent), from ``current``, the count just read under the lock: the intent's target →
+        ``applied`` (the answer or the worker was lost after the set); its value before → not
+        set (the intent is cleared: that adjustment's next push sets it); anything else →
+        ``failed`` ``outcome_unknown`` (the stock also moved at the POS, so whether the set landed
+        cannot be told). ``attempt_of``: the adjustment whose push is reading (its attempt counts)."""
+        async with self.db.read() as conn:
+            doubtful = (await conn.execute(select(t.adjustments).where(
+                t.adjustments.c.connection_id == self.context.id, t.adjustments.c.product_id == product["id"],
+                t.adjustments.c.location_id == location["id"], t.adjustments.c.status == "pending",
+                t.adjustments.c.intent_target_milli.is_not(None)).order_by(t.adjustments.c.updated_at))).mappings().all()
+        quantity = int(current["quantity"])
+        for row in doubtful:
+            before, target = row["intent_before_milli"] // 1000, row["intent_target_milli"] // 1000
+            if quantity == before:
+                await self._clear_intent(row["id"])
+                continue
+            async with self.db.transaction(self.context.tenant_id) as uow:
+                await self._cache_level(uow, product, location, current)
+                if quantity == target:
+                    await journal.close(uow, row["id"])
+                    await adjustments.settle(uow, row["id"], "applied", attempt=row["id"] == attempt_of)
+                else:
+                    await adjustments.settle(uow, row["id"], "failed", attempt=row["id"] == attempt_of,
+                                             last_error=_outcome_unknown(before, target, quantity, None))
+
+    async def _applied(self, adjustment_id: str, product: dict[str, Any], location: dict[str, Any],
+                       current: dict[str, Any] | None, *, note: str | None = None) -> dict[str, Any]:
+        """Settle ``applied``, caching the level read back (``None``: not read; the journal waits
+        for the poll that brings it)."""
+        async with self.db.transaction(self.context.tenant_id) as uow:
+            if current is not None:
+                await self._cache_level(uow, product, location, current)
+                await journal.close(uow, adjustment_id)  # read back in another state: not this write's echo
+            return await adjustments.settle(uow, adjustment_id, "applied", last_error=note)
+
+    async def _clear_intent(self, adjustment_id: str) -> None:
+        """The set recorded for ``adjustment_id`` did not land: forget it (and void its journal entry)."""
+        async with self.db.transaction() as uow:
+            await uow.conn.execute(update(t.adjustments).where(
+                t.adjustments.c.id == adjustment_id, t.adjustments.c.status == "pending").values(
+                intent_before_milli=None, intent_target_milli=None, updated_at=jsonutil.utcnow()))
+            await journal.close(uow, adjustment_id)
+
+    async def _not_applied(self, adjustment_id: str, error: Any, *, fatal: bool, final: bool) -> dict[str, Any]:
+        """:func:`gateway.services.adjustments.not_applied`, saying ``outcome_unknown`` when the
+        adjustment is given up while a set of it may have landed."""
+        if fatal or final:
+            async with self.db.read() as conn:
+                row = await adjustments.load(conn, self.context.id, adjustment_id)
+            if row["intent_target_milli"] is not None:
+                error = _outcome_unknown(row["intent_before_milli"] // 1000, row["intent_target_milli"] // 1000, None,
+                                         error)
+        return await adjustments.not_applied(self.db, self.context.tenant_id, adjustment_id, error, fatal=fatal,
+                                             final=final)
 
     async def set_inventory_count(self, product_id: str, location_id: str, body: Any) -> dict[str, Any]:
         """Set the count absolutely with compare-and-set against ``expected_on_hand`` (read, compare,
-        ``PATCH``, re-read) under the same per-stock-row lock; returns the cached InventoryLevel.
+        ``PATCH``, re-read) under the stock row's lock, after settling any adjustment push of the
+        row left in doubt (a set in between would make it undecidable); returns the cached
+        InventoryLevel (``inventory.updated`` when it changed).
 
         Raises:
             NotFound: unknown product or location.
             ValidationFailed: a variant or a fractional count.
-            Conflict: ``stale_count`` with the POS's current ``on_hand``.
+            Conflict: ``stale_count`` with the POS's current ``on_hand``; ``write_in_progress``
+                (retryable) when another process kept the stock row busy.
         """
         product = await self._live("products", product_id)
         if product is None:
@@ -425,14 +533,34 @@ class ApexConnector(RemoteConnector):
             raise _invalid(("body", "variant_id"), "Apex products have no variants", "unsupported_by_vendor")
         target = _whole(body.on_hand, ("body", "on_hand"))
         pid, wid = int(product["remote_id"]), int(location["remote_id"])
-        async with self._stock_lock(product["id"], location["id"]) as uow:
-            async with self._session() as client:
+        async with adjustments.stock_lock(self.db, self.context.id, product["id"], location["id"]), \
+                self._session() as client:
+            current = await self._read_stock(client, pid, wid)
+            await self._resolve_in_doubt(product, location, current)
+            on_hand = Decimal(int(current["quantity"]))
+            if body.expected_on_hand is not None and on_hand != body.expected_on_hand:
+                raise Conflict(f"on hand is {on_hand}, not the expected {body.expected_on_hand}",
+                               code="stale_count", on_hand=str(on_hand))
+            if on_hand != target:
+                await self._set_stock(client, pid, wid, target, body.reason)
                 current = await self._read_stock(client, pid, wid)
-                on_hand = Decimal(int(current["quantity"]))
-                if body.expected_on_hand is not None and on_hand != body.expected_on_hand:
-                    raise Conflict(f"on hand is {on_hand}, not the expected {body.expected_on_hand}",
-                                   code="stale_count", on_hand=str(on_hand))
-                if on_hand != target:
-                    await self._set_stock(client, pid, wid, target, body.reason)
-                    current = await self._read_stock(client, pid, wid)
-            return await self._cache_level(uow, product, location, current)
+            async with self.db.transaction(self.context.tenant_id) as uow:
+                return await self._cache_level(uow, product, location, current)
+
+
+def _describe(error: Any) -> str:
+    if isinstance(error, TillgateError):
+        return f"{error.code}: {error.detail}"
+    return str(error)
+
+
+def _outcome_unknown(before: int, target: int, now: int | None, error: Any) -> str:
+    """``last_error`` of an adjustment whose set of on hand from ``before`` to ``target`` may or
+    may not have landed at Apex (``now``: the count read since, if one could be read)."""
+    cause = f" ({_describe(error)})" if error is not None else ""
+    if now is None:
+        seen = "the POS could not be read to tell"
+    else:
+        seen = f"on hand is now {now}, neither, so the stock also moved at the POS"
+    return (f"outcome_unknown: the set of on hand from {before} to {target} may or may not have landed and {seen}"
+            f"{cause}; count the stock and correct it with PUT .../inventory/{{product_id}}/{{location_id}}")

@@ -176,9 +176,17 @@ def _paths() -> dict[str, Any]:
         },
         f"{conn}/orders/{{order_id}}/receipt": {"get": _receipt_op(cp)},
         f"{conn}/inventory/adjustments": {
-            "post": _op("Adjust stock by a delta (accepted durably, pushed to the POS)", tag="inventory",
-                        ok=("202", _ref("Adjustment")), params=list(cp), request=m.AdjustmentCreate,
-                        errors=ERRORS_WRITE, idempotent=True),
+            "post": {**_op("Adjust stock by a delta (accepted durably, pushed to the POS)", tag="inventory",
+                           ok=("202", _ref("Adjustment")), params=list(cp), request=m.AdjustmentCreate,
+                           errors=ERRORS_WRITE, idempotent=True),
+                     "description": (
+                         "External POS connections: the adjustment is stored with its push job before the 202 "
+                         "(status pending); a worker pushes it with retries (attempts and last_error show on GET) "
+                         "and it ends applied (event adjustment.applied) or failed (adjustment.failed, e.g. "
+                         "insufficient_stock at the POS). The built-in local engine applies it at once (applied). "
+                         "Bad requests (unknown product or location, variants, fractional deltas where the POS "
+                         "counts whole units) answer 4xx before anything is stored. A replay of the same "
+                         "Idempotency-Key answers the first 202 again.")},
         },
         f"{conn}/inventory/adjustments/{{adjustment_id}}": {
             "get": _op("Get an adjustment and its status", tag="inventory", ok=("200", _ref("Adjustment")),

@@ -32,7 +32,7 @@ from gateway.model import (
     RefundCreate,
     VoidCreate,
 )
-from gateway.services import records
+from gateway.services import adjustments, records
 from gateway.services.adjustments import get_adjustment
 
 
@@ -159,6 +159,21 @@ async def download_receipt(request: Request) -> Response:
     })
 
 
+async def create_adjustment(request: Request) -> Response:
+    """``POST /v1/connections/{id}/inventory/adjustments`` (``Idempotency-Key`` required): 202
+    with the Adjustment. External POS connections store it ``pending`` with its push job, durable
+    before the answer, and the dispatcher is rung; the ``local`` engine applies it at once
+    (:func:`gateway.services.adjustments.accept`)."""
+    tenant_id = await authenticate(request)
+    raw = await read_body(request)
+    body = parse_model(raw, AdjustmentCreate, request.headers.get("content-type"))
+    svc = services(request)
+    connector = await svc.connections.connector_for(tenant_id, request.path_params["connection_id"])
+    return await run_write(request, tenant_id, raw,
+                           lambda: adjustments.accept(connector, body, dispatcher=svc.dispatcher),
+                           status_code=202, require_key=True)
+
+
 async def read_adjustment(request: Request) -> Response:
     """``GET /v1/connections/{id}/inventory/adjustments/{adjustment_id}``."""
     tenant_id = await authenticate(request)
@@ -210,8 +225,7 @@ routes = [
     Route(f"{BASE}/orders/{{order_id}}/void", _write(VoidCreate, "void_order", status_code=200, optional_body=True,
                                                        path_args=("order_id",)), methods=["POST"]),
     Route(f"{BASE}/orders/{{order_id}}/receipt", download_receipt, methods=["GET"]),
-    Route(f"{BASE}/inventory/adjustments", _write(AdjustmentCreate, "create_adjustment", status_code=202,
-                                                  require_key=True), methods=["POST"]),
+    Route(f"{BASE}/inventory/adjustments", create_adjustment, methods=["POST"]),
     Route(f"{BASE}/inventory/adjustments/{{adjustment_id}}", read_adjustment, methods=["GET"]),
     Route(f"{BASE}/inventory/{{product_id}}/{{location_id}}", _write(CountSet, "set_inventory_count", status_code=200,
                                                                     path_args=("product_id", "location_id")),

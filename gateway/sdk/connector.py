@@ -297,7 +297,26 @@ class Connector:
         raise self._unsupported("voids")
 
     async def create_adjustment(self, body: Any) -> dict[str, Any]:
+        """Accept a stock delta (``AdjustmentCreate``). A connector whose POS is reached over the
+        network validates it (4xx before anything is stored), then stores it ``pending`` with its
+        push job through :func:`gateway.services.adjustments.store_pending` and returns it; one
+        that is its own POS (``local``) applies it at once and returns it ``applied``."""
         raise self._unsupported("inventory adjustments")
+
+    async def push_adjustment(self, adjustment_id: str, *, final: bool = False) -> dict[str, Any]:
+        """One push of a ``pending`` adjustment to the POS (the ``adjustment`` job's attempt).
+
+        Must be safe to repeat after any failure, including a crash after the vendor acted (the
+        delta is applied once), and record the verdict through
+        :mod:`gateway.services.adjustments` (``settle`` / ``not_applied``). Returns the Adjustment
+        after the attempt (an adjustment no longer pending as it is).
+
+        Raises:
+            gateway.services.adjustments.PushDeferred: no verdict yet (a retryable vendor
+                failure on a non-``final`` attempt); the attempt is recorded, the job retries.
+            NotFound: no such adjustment on this connection.
+        """
+        raise self._unsupported("pushing inventory adjustments")
 
     async def set_inventory_count(self, product_id: str, location_id: str, body: Any) -> dict[str, Any]:
         raise self._unsupported("setting inventory counts")

@@ -4,7 +4,8 @@ Writes go through :func:`upsert` and :func:`soft_delete` inside a :class:`UnitOf
 row and its event commit together (outbox). An upsert whose entity fields hash the same as the
 stored version writes nothing and emits nothing; an upsert carrying an older vendor
 ``remote_updated_at`` than the stored one is ignored, so a late poll cannot overwrite a newer
-webhook-delivered version.
+webhook-delivered version. An update the write journal predicts (the POS reporting the
+gateway's own write back, :mod:`gateway.services.journal`) is written without an event.
 
 Reads return the stored JSON text (``bytes``), ready to send. Lists are keyset-paginated by
 (``updated_at``, ``id``); the cursor is opaque base64url JSON. An order's receipt
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway import jsonutil
 from gateway.errors import BadRequest, NotFound, VendorError
 from gateway.ids import new_id
+from gateway.services import journal
 from gateway.storage import tables as t
 from gateway.storage.reader import FastReader, as_bytes, as_text
 from gateway.storage.uow import UnitOfWork
@@ -68,17 +70,19 @@ class UpsertResult:
     """What an upsert did: ``action`` is ``created``, ``updated``, ``unchanged`` or ``stale``.
 
     ``record`` (the stored unified object) is decoded on first use: a sync that finds 100,000
-    records unchanged never parses them.
+    records unchanged never parses them. ``echo``: an update the write journal recognised as the
+    POS reporting the gateway's own write back (:mod:`gateway.services.journal`): written, no event.
     """
 
-    __slots__ = ("_data", "_record", "action", "changed")
+    __slots__ = ("_data", "_record", "action", "changed", "echo")
 
     def __init__(self, action: str, record: dict[str, Any] | None = None, changed: list[str] | None = None,
-                 *, data: str | None = None) -> None:
+                 *, data: str | None = None, echo: bool = False) -> None:
         self.action = action
         self.changed = changed or []
         self._record = record
         self._data = data
+        self.echo = echo
 
     @property
     def record(self) -> dict[str, Any]:
@@ -134,6 +138,12 @@ def render(common: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
 
 def _body_of(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if key not in COMMON_FIELDS and key != "raw"}
+
+
+def _older(item: UpsertItem, existing: dict[str, Any]) -> bool:
+    """Whether ``item`` is an older vendor version than the stored row (it is then ignored)."""
+    return (item.remote_updated_at is not None and existing["remote_updated_at"] is not None
+            and item.remote_updated_at < existing["remote_updated_at"])
 
 
 def _event_type(entity: str, action: str, override: str | None) -> str:
@@ -200,6 +210,13 @@ async def upsert_many(
         params = {"b_connection": connection_id, "b_entity": entity, "b_remote_ids": remote_ids[start:start + 500]}
         for row in (await uow.conn.execute(query, params)).mappings():
             stored[row["remote_id"]] = dict(row)
+    echoes: set[str] = set()
+    if entity in journal.ENTITIES:  # the gateway's own writes coming back are not external changes
+        echoes = await journal.absorb(uow, connection_id=connection_id, entity=entity, updates={
+            item.remote_id: (_body_of(jsonutil.loads(stored[item.remote_id]["data"])), body)
+            for item, body, digest in prepared
+            if item.remote_id in stored and stored[item.remote_id]["content_hash"] != digest
+            and stored[item.remote_id]["deleted_at"] is None and not _older(item, stored[item.remote_id])})
     now = jsonutil.utcnow()
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
@@ -236,11 +253,7 @@ async def upsert_many(
             uow.emit(_event_type(entity, "created", None), connection_id, record, changed, encoded=data)
             results.append(UpsertResult("created", record, changed))
             continue
-        if (
-            item.remote_updated_at is not None
-            and existing["remote_updated_at"] is not None
-            and item.remote_updated_at < existing["remote_updated_at"]
-        ):
+        if _older(item, existing):
             results.append(UpsertResult("stale", data=existing["data"]))
             continue
         if existing["content_hash"] == digest and existing["deleted_at"] is None:
@@ -268,6 +281,10 @@ async def upsert_many(
         action = "created" if existing["deleted_at"] is not None else "updated"
         existing.update(data=data, raw=values["b_raw"], content_hash=digest, deleted_at=None,
                         remote_updated_at=values["b_remote_updated_at"])
+        if item.remote_id in echoes and action == "updated":
+            echoes.discard(item.remote_id)  # one echo per entry: a repeat in the batch is a change
+            results.append(UpsertResult("updated", record, changed, echo=True))
+            continue
         uow.emit(_event_type(entity, action, item.event_type), connection_id, record, changed, encoded=data)
         results.append(UpsertResult("updated", record, changed))
     if inserts:

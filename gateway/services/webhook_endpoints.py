@@ -248,7 +248,8 @@ class WebhookEndpointService:
             if row is None:
                 raise NotFound(f"no delivery {delivery_id!r} to this endpoint")
             attempts = (await conn.execute(select(t.webhook_attempts).where(
-                t.webhook_attempts.c.delivery_id == delivery_id).order_by(t.webhook_attempts.c.attempt))).all()
+                t.webhook_attempts.c.delivery_id == delivery_id).order_by(
+                t.webhook_attempts.c.attempted_at, t.webhook_attempts.c.id))).all()
         return render_delivery(row, attempts)
 
     async def retry(self, tenant_id: str, endpoint_id: str, delivery_id: str) -> dict[str, Any]:

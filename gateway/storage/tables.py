@@ -177,7 +177,15 @@ class StockMovementRow(SQLModel, table=True):
 
 
 class AdjustmentRow(SQLModel, table=True):
-    """A consumer's stock delta, accepted durably and pushed to the POS (status pending/applied/failed)."""
+    """A consumer's stock delta, accepted durably and pushed to the POS (status pending/applied/failed).
+
+    ``job_id``: the ``adjustment`` job pushing it (external POS connections; ``NULL`` for the
+    local engine, which applies at once). ``intent_before_milli`` / ``intent_target_milli``: for a
+    POS that can only *set* a quantity (Apex), the on hand read before the push and the absolute
+    quantity it sets, written (and committed) before the vendor is called: while the adjustment is
+    ``pending`` with a target, the set may have landed and a retry compares the POS's count with
+    them instead of applying the delta again (see ``connectors/apex/README.md``).
+    """
 
     __tablename__ = "adjustments"
 
@@ -196,6 +204,54 @@ class AdjustmentRow(SQLModel, table=True):
     applied_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
+    job_id: str | None = Field(default=None, max_length=40)
+    intent_before_milli: int | None = Field(default=None, sa_type=BigInteger)
+    intent_target_milli: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class WriteJournalRow(SQLModel, table=True):
+    """The gateway's own stock writes to a POS, so that the POS reporting them back (the
+    read-back after the write, a webhook, a poll) is not taken for an external change (echo
+    suppression, see :mod:`gateway.services.journal`).
+
+    One entry per adjustment and cached stock level (``connection_id``, ``entity`` =
+    ``inventory``, ``remote_id``): ``delta_milli`` is the change of on hand the write makes, in
+    thousandths. ``status``: ``open`` (written before the vendor call; a report may come) →
+    ``matched`` (a report of it came and was cached without an event; ``matched_at``) or
+    ``void`` (the write did not happen, or the POS was read back in a state it does not
+    explain). An open entry is ignored after ``expires_at``.
+    """
+
+    __tablename__ = "write_journal"
+    __table_args__ = (
+        Index("ix_write_journal_record", "connection_id", "entity", "remote_id", "status"),
+        Index("ix_write_journal_adjustment", "adjustment_id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40)
+    connection_id: str = Field(foreign_key="connections.id", max_length=40)
+    entity: str = Field(max_length=20)
+    remote_id: str = Field(max_length=200)
+    delta_milli: int = Field(sa_type=BigInteger)
+    adjustment_id: str | None = Field(default=None, max_length=40)
+    status: str = Field(default="open", max_length=10)
+    created_at: datetime
+    expires_at: datetime
+    matched_at: datetime | None = None
+
+
+class WriteLockRow(SQLModel, table=True):
+    """A lease on a key (one POS stock row) held while a write to the POS is in flight, by any
+    process on the database (:mod:`gateway.services.locks`). ``owner`` is the holder's random
+    token; a lease not renewed before ``lease_until`` (its holder died) may be taken over."""
+
+    __tablename__ = "write_locks"
+
+    key: str = Field(primary_key=True, max_length=300)
+    owner: str = Field(max_length=40)
+    lease_until: datetime
+    acquired_at: datetime
 
 
 class ReceiptCounterRow(SQLModel, table=True):
@@ -442,6 +498,8 @@ idempotency_keys = IdempotencyKeyRow.__table__
 stock_levels = StockLevelRow.__table__
 stock_movements = StockMovementRow.__table__
 adjustments = AdjustmentRow.__table__
+write_journal = WriteJournalRow.__table__
+write_locks = WriteLockRow.__table__
 receipt_counters = ReceiptCounterRow.__table__
 sku_index = SkuIndexRow.__table__
 jobs = JobRow.__table__

@@ -38,9 +38,11 @@ Checks (method: applies when):
     the sample's values, equals the cached one, is valid; with a sandbox the next full sync
     reads it back unchanged (no create, no update).
 ``test_adjustment_applies_once``
-    ``"adjust"`` in inventory's ``write``: one ``create_adjustment`` call moves on hand by its
-    delta once; the same request twice through the API with one ``Idempotency-Key`` applies
-    once (the second answer is the replay); with a sandbox a full sync confirms the vendor's count.
+    ``"adjust"`` in inventory's ``write``: one ``create_adjustment`` call (``pending`` with its
+    push job, or ``applied`` at once for a connector that is its own POS), then its push job run
+    as a worker does, moves on hand by its delta once; the same request twice through the API
+    with one ``Idempotency-Key`` answers 202 twice (the second is the replay) and applies once;
+    with a sandbox a full sync confirms the vendor's count.
 ``test_sync_survives_rate_limits_and_5xx``
     a sandbox and a readable entity: with the sandbox answering bursts of 429 (``Retry-After``)
     and random 503s (``fault_knobs``, set through ``/_sandbox/faults``), the full sync still
@@ -277,6 +279,14 @@ class Harness:
                 t.events.c.connection_id == self.connection_id).order_by(t.events.c.seq))).all()
         return [row.type for row in rows]
 
+    async def adjustment(self, adjustment_id: str) -> dict[str, Any]:
+        """One adjustment of the connection as the API shows it."""
+        from gateway.services.adjustments import get_adjustment
+
+        async with self.db.read() as conn:
+            return await get_adjustment(conn, tenant_id=self.tenant_id, connection_id=self.connection_id,
+                                        adjustment_id=adjustment_id)
+
     async def connection_count(self) -> int:
         async with self.db.read() as conn:
             return (await conn.execute(select(func.count()).select_from(t.connections).where(
@@ -366,6 +376,22 @@ class Harness:
         for row in pending:
             outcome = await execute(context, row.job_id)
             assert outcome == "done", (row.vendor_event_id, row.event_type, outcome, (await self.inbox()))
+        return len(pending)
+
+    async def run_adjustment_jobs(self) -> int:
+        """Run the push job of every ``pending`` adjustment of the connection, oldest first, as a
+        worker does; each must finish. Returns how many ran."""
+        import gateway.workers.tasks  # noqa: F401 - registers the adjustment job kind
+        from gateway.workers.dispatch import WorkerContext, execute
+
+        context = WorkerContext(db=self.db, services=self.services())
+        async with self.db.read() as conn:
+            pending = (await conn.execute(select(t.adjustments.c.id, t.adjustments.c.job_id).where(
+                t.adjustments.c.connection_id == self.connection_id, t.adjustments.c.status == "pending")
+                .order_by(t.adjustments.c.created_at, t.adjustments.c.id))).all()
+        for row in pending:
+            outcome = await execute(context, row.job_id)
+            assert outcome == "done", (row.id, outcome)
         return len(pending)
 
     async def records_of(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -708,7 +734,9 @@ class ConnectorConformance:
         adjustment = await (await harness.connector()).create_adjustment(AdjustmentCreate(
             product_id=level["product_id"], location_id=level["location_id"], delta=str(delta),
             reason="restock", reference="conformance-1"))
-        assert adjustment["status"] == "applied", adjustment
+        assert adjustment["status"] in ("pending", "applied"), adjustment
+        await harness.run_adjustment_jobs()
+        assert (await harness.adjustment(adjustment["id"]))["status"] == "applied"
         assert Decimal((await harness.cached("inventory"))[remote_id]["on_hand"]) == start + delta
 
         url = f"/v1/connections/{harness.connection_id}/inventory/adjustments"
@@ -721,7 +749,10 @@ class ConnectorConformance:
         assert first.status_code == 202, first.text
         assert again.status_code == 202 and again.json() == first.json(), again.text
         assert again.headers.get("idempotent-replayed") == "true"
-        assert first.json()["status"] == "applied"
+        assert first.json()["status"] in ("pending", "applied")
+        await harness.run_adjustment_jobs()
+        assert (await harness.adjustment(first.json()["id"]))["status"] == "applied"
+        assert await harness.run_adjustment_jobs() == 0  # nothing left to push, nothing pushed twice
         assert Decimal((await harness.cached("inventory"))[remote_id]["on_hand"]) == start + 2 * delta
         async with harness.db.read() as conn:
             applied = (await conn.execute(select(func.count()).select_from(t.adjustments).where(

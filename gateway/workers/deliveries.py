@@ -15,8 +15,9 @@ embedded mode, inside each ``tillgate worker`` in scale-out mode. It loops:
    ``webhook_poll_seconds`` pass.
 
 Serving an endpoint: read up to :data:`BATCH` pending deliveries in ``seq`` order (with their
-events), POST them one after another while each answers 2xx, and record the outcomes, the
-attempt log and a renewed lease in one transaction per batch. The first failure stops the
+events), POST them one after another while each answers 2xx (for at most :data:`RECORD_EVERY`
+seconds), and record the outcomes, the attempt log and a renewed lease in one transaction per
+batch. The first failure stops the
 batch: the delivery waits its retry (``retry_at`` on the endpoint) and the ones after it wait
 behind it, so a receiver sees an endpoint's events in ``seq`` order; when the schedule runs out
 it is ``failed`` and the queue moves on. A 410 disables the endpoint. Delivery is at least once:
@@ -49,6 +50,9 @@ log = logging.getLogger("tillgate.deliveries")
 
 #: Deliveries read (and recorded) per transaction.
 BATCH = 100
+#: Seconds of sending after which a batch's outcomes are recorded (and the next batch read): what
+#: a crash can make the worker send twice.
+RECORD_EVERY = 0.25
 #: Seconds an endpoint rests after an error of the gateway's own (not the receiver's).
 ERROR_PAUSE = 30.0
 #: The Redis pub/sub channel API processes ring in scale-out mode.
@@ -81,7 +85,9 @@ class DeliveryWorker:
         self.schedule = list(settings.webhook_retry_schedule)
         self.concurrency = settings.webhook_concurrency
         self.poll_seconds = settings.webhook_poll_seconds
-        self.lease_seconds = max(60.0, settings.webhook_timeout_seconds * 4)
+        # An endpoint's lease outlives any batch (a batch takes no new attempt after RECORD_EVERY,
+        # and one attempt is at most the timeout); a dead worker's endpoints wait this long.
+        self.lease_seconds = max(4.0, settings.webhook_timeout_seconds * 4)
         self.sender = sender or DeliverySender(allow_private=settings.webhook_allow_private,
                                                timeout=settings.webhook_timeout_seconds)
         self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{new_id('request')[-8:]}"
@@ -245,7 +251,7 @@ class DeliveryWorker:
             body = render_event(row)
             result = await self.sender.send(endpoint.url, signed_headers(signer, row.id, body), body)
             sent.append((row, result, now))
-            if not result.delivered or time.monotonic() - started > self.lease_seconds / 3:
+            if not result.delivered or time.monotonic() - started > RECORD_EVERY:
                 break
         more = await self._record(endpoint, sent, head_due)
         return more and len(batch) > 0
@@ -281,7 +287,8 @@ class DeliveryWorker:
                         values["next_attempt_at"] = now + timedelta(seconds=delay)
                         endpoint_values["retry_at"] = values["next_attempt_at"]
                         more = False
-                await uow.conn.execute(update(t.webhook_deliveries).where(_d.id == row.delivery_id).values(**values))
+                await uow.conn.execute(update(t.webhook_deliveries).where(
+                    _d.id == row.delivery_id, _d.status == "pending").values(**values))  # not if cancelled meanwhile
             if sent:
                 await uow.conn.execute(insert(t.webhook_attempts), [
                     {"id": new_id("delivery_attempt"), "delivery_id": row.delivery_id, "endpoint_id": endpoint.id,

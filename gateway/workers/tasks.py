@@ -9,12 +9,17 @@ polls and the failed one resumes from its checkpoint.
 
 ``webhook``: payload ``{"inbox_id"}``; applies one stored inbound vendor delivery
 (:func:`gateway.services.inbox.process`).
+
+``adjustment``: payload ``{"adjustment_id", "connection_id"}``; one push of a ``pending``
+inventory adjustment to its POS (:func:`gateway.services.adjustments.run_push`). A push that
+reached no verdict is retried after the longer of the vendor's ``Retry-After`` and the backoff;
+the last attempt (``MAX_PUSH_ATTEMPTS``) settles it ``failed``.
 """
 
 from __future__ import annotations
 
 from gateway.errors import VendorError
-from gateway.services import inbox
+from gateway.services import adjustments, inbox
 from gateway.services.sync import ENTITY_ORDER, SyncEngine
 from gateway.workers.dispatch import REGISTRY, RetryLater, WorkerContext
 from gateway.workers.jobs import Job, backoff
@@ -48,6 +53,16 @@ async def run_webhook(ctx: WorkerContext, job: Job) -> None:
             raise
         retry_after = exc.extra.get("retry_after")
         raise RetryLater(exc.detail, float(retry_after) if retry_after else backoff(job.attempts)) from exc
+
+
+@REGISTRY.register(adjustments.JOB_KIND)
+async def run_adjustment(ctx: WorkerContext, job: Job) -> None:
+    """Push one pending adjustment (payload ``{"adjustment_id", "connection_id"}``) to its POS."""
+    try:
+        await adjustments.run_push(ctx.db, ctx.services.connections, job.payload,
+                                   final=job.attempts >= job.max_attempts)
+    except adjustments.PushDeferred as exc:
+        raise RetryLater(str(exc), max(exc.retry_after or 0.0, backoff(job.attempts))) from exc
 
 
 def sync_dedupe_key(connection_id: str) -> str:

@@ -1,0 +1,194 @@
+"""The write journal: echo suppression for the gateway's own stock writes to a POS.
+
+When the gateway changes stock at an external POS (an adjustment pushed by the worker), the POS
+reports the new level back: the read-back right after the write, an AI POS webhook
+(``inventory.low`` makes the connector fetch the level), the next poll. Each of those would
+otherwise update the cached ``inventory`` record and emit ``inventory.updated`` as if the POS had
+changed on its own; a consumer that mirrors stock (an ecommerce store that adjusts the POS for
+its own sales) would see its own write come back as an external change, the echo loop. The
+gateway announces its own write once, with ``adjustment.applied``; the level it leads to is
+cached without an event.
+
+How (``write_journal``, one entry per adjustment and stock level):
+
+- **Journal before the POS can report.** Right before the vendor call that changes stock (under
+  the stock row's lock), the writer records the change it makes to ``on_hand``
+  (:func:`expect`: ``delta_milli``). The entry is ``open`` until ``expires_at`` (:func:`window`:
+  at least :data:`MIN_WINDOW` and two poll intervals, so the poll after a write falls inside it).
+- **Match by value, relative to what consumers were told.** Every cache write of an inventory
+  record goes through :func:`gateway.services.records.upsert_many`, which hands the records it is
+  about to *update* (an existing record whose content changed) to :func:`absorb`. A report is an
+  echo when its ``on_hand`` equals the cached ``on_hand`` plus the deltas of the record's open,
+  unexpired entries taken oldest first (one entry, or the first two, ...: pushes of a stock row
+  land one at a time, in that order), and no field but ``on_hand`` and ``available`` (derived
+  from it) changed. So the report is explained by the gateway's writes alone. A level that also
+  carries a sale at the till since the last report (the cache was behind), a new threshold, or
+  any other change is a genuine change and emits ``inventory.updated`` as usual, with the new
+  ``on_hand`` and ``available``: consumers never miss a POS-side change folded into an echo.
+- **Consumed once.** The entries a match used become ``matched``; the echo is written (the
+  cache is current) without an event. A later identical report is unchanged content and emits
+  nothing anyway.
+- **Closed when the write resolves.** The transaction recording a write's outcome reads the
+  level back; if that read-back was not an echo (the POS was in a state the write does not
+  explain, and that state is now cached with its event), the write's entry is ``void``
+  (:func:`close`). A write that failed voids its entry. Only a write whose read-back failed, or
+  whose outcome is not known yet, leaves its entry open for the webhook or poll that brings it.
+
+Entities journaled: :data:`ENTITIES` (inventory). A record new to the cache is never an echo
+(consumers have not seen it). Residual risk, small by design: while an entry is open (from just
+before the vendor call until its first report, within its window), a change at the POS by
+exactly the journaled delta with nothing else in between would be taken for the echo.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+
+from gateway import jsonutil
+from gateway.ids import new_id
+from gateway.storage import tables as t
+from gateway.storage.uow import UnitOfWork
+
+#: Entities whose cache writes are checked against the journal.
+ENTITIES = frozenset({"inventory"})
+#: The field a journaled write changes, and the fields derived from it.
+QUANTITY = "on_hand"
+DERIVED = frozenset({"available"})
+#: The shortest time an entry waits for its echo.
+MIN_WINDOW = timedelta(minutes=15)
+#: Closed and expired entries are deleted this long after they expire.
+KEEP_AFTER_EXPIRY = timedelta(days=1)
+
+
+def window(settings: dict[str, Any]) -> timedelta:
+    """How long an entry waits for its echo on a connection: ``max(MIN_WINDOW, 2 x
+    poll_interval_seconds)`` (seconds; the default poll interval is 300)."""
+    try:
+        interval = float(settings.get("poll_interval_seconds") or 300)
+    except (TypeError, ValueError):
+        interval = 300.0
+    return max(MIN_WINDOW, timedelta(seconds=2 * interval))
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as stored JSON values, decimal strings compared by value (``"15"`` == ``"15.000"``)."""
+    if a == b:
+        return True
+    da, db = _decimal(a), _decimal(b)
+    return da is not None and db is not None and da == db
+
+
+def explained(cached: dict[str, Any], incoming: dict[str, Any], deltas_milli: list[int]) -> int:
+    """How many of ``deltas_milli`` (a stock level's open entries, oldest first) explain the
+    change from ``cached`` to ``incoming`` (entity fields, quantities as decimal strings): the
+    largest ``k`` such that ``incoming.on_hand == cached.on_hand + sum(deltas[:k]) / 1000`` and no
+    field but ``on_hand`` and ``available`` differs; 0 when none does (a genuine change)."""
+    for key in set(cached) | set(incoming):
+        if key != QUANTITY and key not in DERIVED and not _same(incoming.get(key), cached.get(key)):
+            return 0
+    before, after = _decimal(cached.get(QUANTITY)), _decimal(incoming.get(QUANTITY))
+    if before is None or after is None:
+        return 0
+    running, best = before * 1000, 0
+    for k, delta in enumerate(deltas_milli, start=1):
+        running += delta
+        if running == after * 1000:
+            best = k
+    return best
+
+
+async def expect(uow: UnitOfWork, *, connection_id: str, remote_id: str, delta_milli: int, adjustment_id: str,
+                 ttl: timedelta, entity: str = "inventory") -> None:
+    """Journal, right before the vendor call, that ``adjustment_id`` changes the on hand of the
+    cached stock level ``remote_id`` by ``delta_milli`` thousandths.
+
+    One entry per adjustment and level: a later call (the next attempt of the push) opens it
+    again with a new ``created_at`` and ``expires_at = now + ttl``, unless a report of it was
+    already matched (the write landed; the echo came). Also deletes the connection's entries that
+    expired :data:`KEEP_AFTER_EXPIRY` ago.
+    """
+    now = jsonutil.utcnow()
+    found = (await uow.conn.execute(select(t.write_journal.c.id, t.write_journal.c.status).where(
+        t.write_journal.c.adjustment_id == adjustment_id, t.write_journal.c.remote_id == remote_id,
+        t.write_journal.c.connection_id == connection_id))).first()
+    values = {"delta_milli": delta_milli, "status": "open", "created_at": now, "expires_at": now + ttl,
+              "matched_at": None}
+    if found is not None:
+        if found.status == "matched":
+            return
+        await uow.conn.execute(update(t.write_journal).where(t.write_journal.c.id == found.id).values(**values))
+    else:
+        await uow.conn.execute(insert(t.write_journal).values(
+            id=new_id("journal_entry"), tenant_id=uow.tenant_id, connection_id=connection_id, entity=entity,
+            remote_id=remote_id, adjustment_id=adjustment_id, **values))
+    await uow.conn.execute(delete(t.write_journal).where(
+        t.write_journal.c.connection_id == connection_id, t.write_journal.c.expires_at < now - KEEP_AFTER_EXPIRY))
+
+
+async def close(uow: UnitOfWork, adjustment_id: str) -> None:
+    """Void the still-open entries of ``adjustment_id`` (its write did not happen, or the POS was
+    read back in a state the write does not explain)."""
+    await uow.conn.execute(update(t.write_journal).where(
+        t.write_journal.c.adjustment_id == adjustment_id, t.write_journal.c.status == "open").values(status="void"))
+
+
+async def absorb(uow: UnitOfWork, *, connection_id: str, entity: str,
+                 updates: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> set[str]:
+    """Which of the record updates about to be written are echoes of the gateway's own writes
+    (see the module docstring for the rule).
+
+    Args:
+        updates: remote id -> (cached entity fields, incoming entity fields) of records whose
+            content changed (JSON types: quantities as decimal strings).
+
+    Returns:
+        the remote ids that are echoes: write them without an event. The entries each match used
+        are marked ``matched`` in ``uow``.
+    """
+    if entity not in ENTITIES or not updates:
+        return set()
+    now = jsonutil.utcnow()
+    entries: dict[str, list[Any]] = {}
+    remote_ids = list(updates)
+    for start in range(0, len(remote_ids), 500):
+        rows = (await uow.conn.execute(select(
+            t.write_journal.c.id, t.write_journal.c.remote_id, t.write_journal.c.delta_milli,
+            t.write_journal.c.created_at).where(
+            t.write_journal.c.connection_id == connection_id, t.write_journal.c.entity == entity,
+            t.write_journal.c.remote_id.in_(remote_ids[start:start + 500]), t.write_journal.c.status == "open",
+            t.write_journal.c.expires_at > now))).all()
+        for row in rows:
+            entries.setdefault(row.remote_id, []).append(row)
+    echoes: set[str] = set()
+    used: list[str] = []
+    for remote_id, open_entries in entries.items():
+        open_entries.sort(key=lambda e: (e.created_at, e.id))
+        cached, incoming = updates[remote_id]
+        k = explained(cached, incoming, [e.delta_milli for e in open_entries])
+        if k:
+            echoes.add(remote_id)
+            used += [e.id for e in open_entries[:k]]
+    if used:
+        await uow.conn.execute(update(t.write_journal).where(t.write_journal.c.id.in_(used))
+                               .values(status="matched", matched_at=now))
+    return echoes
+
+
+async def entries_of(conn: Any, adjustment_id: str) -> list[dict[str, Any]]:
+    """The journal entries of one adjustment (for status pages and tests), oldest first."""
+    rows = (await conn.execute(select(t.write_journal).where(t.write_journal.c.adjustment_id == adjustment_id)
+                               .order_by(t.write_journal.c.created_at))).mappings().all()
+    return [dict(row) for row in rows]
