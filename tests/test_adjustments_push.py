@@ -18,7 +18,8 @@ lifespan runs it), against the AI POS and Apex sandboxes in process, on SQLite a
 - Insufficient stock: ``failed`` with ``adjustment.failed``.
 - Echo suppression: the POS reporting the gateway's own write back (AI POS ``inventory.low``
   webhook, a poll, also a webhook processed before the push recorded its outcome) emits no
-  ``inventory.updated``; a sale at the POS still does, with the new ``on_hand`` and ``available``.
+  ``inventory.updated`` (only ``inventory.low`` when the write crossed the threshold); a sale at
+  the POS still does, with the new ``on_hand`` and ``available``.
 
 Plus the write journal's matching rules and the write locks, directly.
 
@@ -536,9 +537,12 @@ async def test_aipos_webhook_echo_of_the_gateways_write_is_silent_and_a_pos_sale
         level = await w.level()
         assert (level["on_hand"], level["available"]) == ("5", "3")
         assert [e["status"] for e in await w.journal(accepted["id"])] == ["matched"]
-        assert types(await w.events(seq)) == ["adjustment.applied"]
+        # no inventory.updated for the echo; the crossing of the threshold is inventory.low all the same
+        new = await w.events(seq)
+        assert types(new) == ["adjustment.applied", "inventory.low"]
+        assert (new[1]["data"]["on_hand"], new[1]["data"]["available"]) == ("5", "3")
         await w.sync("incremental", ["inventory"])  # a poll agrees: nothing new
-        assert types(await w.events(seq)) == ["adjustment.applied", "connection.sync_completed"]
+        assert types(await w.events(seq)) == ["adjustment.applied", "inventory.low", "connection.sync_completed"]
 
         # a sale at the till is a genuine change: inventory.updated with on hand and available
         seq = await w.last_seq()
@@ -592,7 +596,7 @@ async def test_aipos_an_echo_processed_before_the_push_records_its_outcome_is_si
         assert (await w.adjustment(accepted["id"]))["status"] == "applied"
         assert (await w.level())["on_hand"] == "5"
         assert [e["status"] for e in await w.journal(accepted["id"])] == ["matched"]
-        assert types(await w.events(seq)) == ["adjustment.applied"]
+        assert types(await w.events(seq)) == ["inventory.low", "adjustment.applied"]  # 30 -> 5 crosses 10
 
 
 async def test_apex_poll_echo_of_the_gateways_write_is_silent_and_a_pos_change_is_not(make_world):

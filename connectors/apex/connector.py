@@ -80,6 +80,8 @@ class ApexConnector(RemoteConnector):
         if entity == "inventory":
             available = body["on_hand"] - self.safety_stock
             body["available"] = available if available > 0 else Decimal(0)
+            threshold = self.settings.get("low_stock_threshold")  # Apex has none of its own
+            body["low_stock_threshold"] = None if threshold in (None, "") else Decimal(str(threshold))
         elif entity == "orders" and isinstance(raw.get("date"), str):
             with contextlib.suppress(ValueError):
                 created_at = datetime.fromisoformat(raw["date"].replace("Z", "+00:00")).astimezone(UTC)

@@ -240,10 +240,10 @@ class LocalConnector(Connector):
         level: Any,
         on_hand_milli: int,
         threshold_milli: int | None,
-        before_milli: int | None = None,
     ) -> dict[str, Any]:
-        """Upsert the inventory record of a level (``inventory.updated``), plus ``inventory.low``
-        when on hand crossed from above the threshold to at or below it."""
+        """Upsert the inventory record of a level (``inventory.updated``; ``inventory.low`` when
+        ``available`` crossed to at or below the threshold, by the records cache's rule in
+        :func:`gateway.services.records.upsert_many`, as for every connector)."""
         available = max(on_hand_milli - self.safety_milli, 0)
         body = {
             "product_id": level.product_id,
@@ -261,12 +261,6 @@ class LocalConnector(Connector):
             record_id=level.id,
             body=body,
         )
-        if (
-            threshold_milli is not None
-            and before_milli is not None
-            and before_milli > threshold_milli >= on_hand_milli
-        ):
-            uow.emit("inventory.low", self.context.id, result.record, ["on_hand"])
         return result.record
 
     async def _create_levels(
@@ -760,7 +754,7 @@ class LocalConnector(Connector):
             )
             for level, milli, row in applied:
                 await self._movement(uow, level, -milli, row.on_hand_milli, "sale", reference=number, order_id=order_id)
-                await self._write_inventory(uow, level, row.on_hand_milli, row.low_stock_threshold_milli, row.on_hand_milli + milli)
+                await self._write_inventory(uow, level, row.on_hand_milli, row.low_stock_threshold_milli)
             if customer is not None:
                 await self._change_customer(uow, customer, settlement.credit, points)
             return order
@@ -811,7 +805,7 @@ class LocalConnector(Connector):
                 continue
             row = await self._apply_delta(uow, level.id, milli, guard=False)
             await self._movement(uow, level, milli, row.on_hand_milli, reason, reference=reference, order_id=order_id)
-            await self._write_inventory(uow, level, row.on_hand_milli, row.low_stock_threshold_milli, row.on_hand_milli - milli)
+            await self._write_inventory(uow, level, row.on_hand_milli, row.low_stock_threshold_milli)
 
     async def refund_order(self, order_id: str, body: Any) -> dict[str, Any]:
         """Refund part or all of an order (``RefundCreate``); returns the updated Order.
@@ -976,7 +970,7 @@ class LocalConnector(Connector):
             }
             await conn.execute(insert(t.adjustments).values(**values))
             await self._movement(uow, level, delta, row.on_hand_milli, body.reason, reference=body.reference, adjustment_id=adjustment_id)
-            await self._write_inventory(uow, level, row.on_hand_milli, row.low_stock_threshold_milli, row.on_hand_milli - delta)
+            await self._write_inventory(uow, level, row.on_hand_milli, row.low_stock_threshold_milli)
             adjustment = render_adjustment(_Row(values))
             uow.emit("adjustment.applied", self.context.id, adjustment, ["status", "applied_at"])
             return adjustment
@@ -1045,7 +1039,7 @@ class LocalConnector(Connector):
                 ).first()
             if new_milli != before:
                 await self._movement(uow, level, new_milli - before, new_milli, body.reason)
-            return await self._write_inventory(uow, level, new_milli, row.low_stock_threshold_milli, before)
+            return await self._write_inventory(uow, level, new_milli, row.low_stock_threshold_milli)
 
 
 class _Row:

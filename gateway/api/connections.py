@@ -14,7 +14,7 @@ from gateway.errors import OperationNotSupported, ValidationFailed, VendorUnavai
 from gateway.model import ConnectionCreate, ConnectionUpdate, SyncRequest
 from gateway.sdk.connector import Connector
 from gateway.services.sync import SyncEngine, sync_history, sync_states
-from gateway.workers.tasks import sync_dedupe_key
+from gateway.workers.tasks import RECONCILE_JOB, reconcile_dedupe_key, sync_dedupe_key
 
 
 async def list_connectors(request: Request) -> Response:
@@ -109,6 +109,36 @@ async def start_sync(request: Request) -> Response:
     return json_response({"connection_id": connector.context.id, "mode": body.mode, "jobs": [job]}, 202)
 
 
+async def start_reconcile(request: Request) -> Response:
+    """``POST /v1/connections/{connection_id}/inventory/reconcile``: queue a full count of the
+    connection's inventory at the vendor, compared with the cache (202). Each cached level whose
+    ``on_hand`` the count changes is corrected and reported as ``inventory.drift``. Answers
+    ``{"connection_id", "mode": "reconcile", "jobs": [{"job_id", "entities": ["inventory"],
+    "already_queued"}]}`` (the shape of ``POST .../sync``); while a count of the connection is
+    queued or running, that job is returned with ``already_queued`` true. No body is needed.
+
+    Raises:
+        NotFound: no such connection for this tenant (404).
+        OperationNotSupported: the connector keeps the cache itself (``local``) or cannot read
+            inventory from its vendor (422 ``operation_not_supported``).
+        VendorUnavailable: this process runs no job dispatcher (503).
+    """
+    tenant_id = await authenticate(request)
+    await read_body(request)
+    svc = services(request)
+    connector = await svc.connections.connector_for(tenant_id, request.path_params["connection_id"])
+    if not _reads_from_vendor(connector) or "inventory" not in SyncEngine(svc.db, connector).entities():
+        raise OperationNotSupported(
+            f"the {connector.name()} connector does not read inventory from a vendor; there is nothing to reconcile")
+    if svc.dispatcher is None:
+        raise VendorUnavailable("this process runs no job dispatcher", vendor=connector.name(), retryable=True)
+    job_id, created = await svc.dispatcher.submit(
+        RECONCILE_JOB, {"connection_id": connector.context.id}, tenant_id=tenant_id,
+        dedupe_key=reconcile_dedupe_key(connector.context.id))
+    job = {"job_id": job_id, "entities": ["inventory"], "already_queued": not created}
+    return json_response({"connection_id": connector.context.id, "mode": "reconcile", "jobs": [job]}, 202)
+
+
 async def sync_status(request: Request) -> Response:
     """``GET /v1/connections/{connection_id}/sync[?runs=20]``: per-entity sync state and the last
     ``runs`` (0-100) sync runs, newest first (the history).
@@ -142,4 +172,5 @@ routes = [
     Route("/v1/connections/{connection_id}/health", connection_health, methods=["GET"]),
     Route("/v1/connections/{connection_id}/sync", start_sync, methods=["POST"]),
     Route("/v1/connections/{connection_id}/sync", sync_status, methods=["GET"]),
+    Route("/v1/connections/{connection_id}/inventory/reconcile", start_reconcile, methods=["POST"]),
 ]

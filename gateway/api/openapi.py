@@ -49,7 +49,7 @@ SYNC_RUN = {
                  "error", "started_at", "finished_at"],
     "properties": {
         "id": {"type": "string"}, "entity": {"type": "string"},
-        "mode": {"type": "string", "enum": ["full", "incremental"]},
+        "mode": {"type": "string", "enum": ["full", "incremental", "reconcile"]},
         "status": {"type": "string", "enum": ["running", "succeeded", "failed"]},
         **{name: _COUNT for name in ("pages", "seen", "created", "updated", "unchanged", "deleted")},
         "error": {"type": ["string", "null"]},
@@ -187,6 +187,23 @@ def _paths() -> dict[str, Any]:
                          "Bad requests (unknown product or location, variants, fractional deltas where the POS "
                          "counts whole units) answer 4xx before anything is stored. A replay of the same "
                          "Idempotency-Key answers the first 202 again.")},
+        },
+        f"{conn}/inventory/reconcile": {
+            "post": {**_op("Queue a full inventory count that reports drift (202)", tag="inventory",
+                           ok=("202", {"type": "object", "required": ["connection_id", "mode", "jobs"],
+                                       "properties": {"connection_id": {"type": "string"},
+                                                      "mode": {"type": "string", "enum": ["reconcile"]},
+                                                      "jobs": {"type": "array", "items": {"type": "object"}}}}),
+                           params=list(cp), errors=("401", "404", "413", "422", "429", "503")),
+                     "description": (
+                         "External POS connections that read inventory (aipos, apex): a worker counts every stock "
+                         "level at the POS and compares it with the cache. Each cached level whose on_hand differs "
+                         "is corrected and reported as one inventory.drift event (data: the level as counted plus "
+                         "previous_on_hand and difference), never also as inventory.updated; levels the gateway's "
+                         "own adjustments are still changing are not drift. A count that finds nothing emits "
+                         "nothing. Also runs every reconcile_interval_seconds (connection setting, default 3600). "
+                         "While a count is queued or running, that job is answered with already_queued true. "
+                         "local: 422 operation_not_supported.")},
         },
         f"{conn}/inventory/adjustments/{{adjustment_id}}": {
             "get": _op("Get an adjustment and its status", tag="inventory", ok=("200", _ref("Adjustment")),

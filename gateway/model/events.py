@@ -14,7 +14,7 @@ EVENT_TYPES = (
     "location.created", "location.updated", "location.deleted",
     "customer.created", "customer.updated", "customer.deleted",
     "order.created", "order.updated", "order.refunded", "order.voided",
-    "inventory.updated", "inventory.low",
+    "inventory.updated", "inventory.low", "inventory.drift",
     "adjustment.applied", "adjustment.failed",
     "connection.sync_completed", "connection.sync_failed", "connection.unhealthy", "connection.recovered",
 )

@@ -11,6 +11,9 @@ from gateway.model.types import Timestamp
 
 _NOUNS = frozenset(name.split(".")[0] for name in EVENT_TYPES)
 
+#: The largest ``seq`` (a signed 64-bit column).
+MAX_SEQ = 2**63 - 1
+
 EventPattern = Annotated[str, StringConstraints(min_length=1, max_length=60)]
 
 
@@ -80,8 +83,8 @@ class ReplayRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    from_seq: int = Field(ge=1)
-    to_seq: int | None = Field(default=None, ge=1)
+    from_seq: int = Field(ge=1, le=MAX_SEQ)
+    to_seq: int | None = Field(default=None, ge=1, le=MAX_SEQ)
 
 
 class WebhookEndpoint(BaseModel):

@@ -7,6 +7,7 @@ the schema's defaults and validated on every write.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import jsonschema
@@ -19,6 +20,7 @@ from gateway.ids import new_id
 from gateway.model import ConnectionCreate, ConnectionUpdate
 from gateway.sdk.connector import ConnectionContext, Connector
 from gateway.sdk.registry import ConnectorRegistry
+from gateway.services import records
 from gateway.services.records import decode_cursor, encode_cursor
 from gateway.storage import tables as t
 from gateway.storage.db import Database
@@ -37,6 +39,11 @@ def _schema_errors(schema: dict[str, Any], value: dict[str, Any], where: str) ->
         msg = error.message if where == "settings" else f"does not satisfy '{error.validator}' of the schema"
         out.append({"loc": ["body", where, *[str(p) for p in error.path]], "msg": msg, "type": f"schema.{error.validator}"})
     return out
+
+
+def _safety_stock(settings: dict[str, Any]) -> Decimal:
+    """The ``safety_stock`` setting in units (0 when unset; the schemas allow only decimal strings)."""
+    return Decimal(str(settings.get("safety_stock") or "0"))
 
 
 def public_view(row: Any) -> dict[str, Any]:
@@ -147,10 +154,16 @@ class ConnectionService:
         return [public_view(row) for row in rows], next_cursor
 
     async def update(self, tenant_id: str, connection_id: str, body: ConnectionUpdate) -> dict[str, Any]:
-        """Rename, replace credentials (checked with the vendor) or merge settings."""
+        """Rename, replace credentials (checked with the vendor) or merge settings.
+
+        A changed ``safety_stock`` re-derives ``available`` of the connection's cached inventory
+        levels in the same transaction (:func:`gateway.services.records.recompute_available`:
+        ``inventory.updated`` per changed level, ``inventory.low`` where one crosses its threshold).
+        """
         row = await self.require(tenant_id, connection_id)
         cls = self.registry.get(row.connector)
         settings = jsonutil.loads(row.settings)
+        old_safety = _safety_stock(settings)
         if body.settings is not None:
             settings = {**settings, **body.settings}
         credentials = body.credentials if body.credentials is not None else self.credentials(row)
@@ -166,6 +179,8 @@ class ConnectionService:
             )
         async with self.db.transaction(tenant_id) as uow:
             await uow.conn.execute(update(t.connections).where(t.connections.c.id == row.id).values(**values))
+            if _safety_stock(settings) != old_safety:
+                await records.recompute_available(uow, connection_id=row.id, safety_stock=_safety_stock(settings))
         return await self.get(tenant_id, connection_id)
 
     async def delete(self, tenant_id: str, connection_id: str) -> dict[str, Any]:

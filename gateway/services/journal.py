@@ -187,6 +187,20 @@ async def absorb(uow: UnitOfWork, *, connection_id: str, entity: str,
     return echoes
 
 
+async def open_remote_ids(uow: UnitOfWork, *, connection_id: str, entity: str, remote_ids: list[str]) -> set[str]:
+    """Which of ``remote_ids`` have an open, unexpired entry: a gateway write to them is in
+    flight (journaled, its echo not seen yet). The reconciliation count never calls their change
+    drift (:func:`gateway.services.records.upsert_many` with ``reconcile``)."""
+    now = jsonutil.utcnow()
+    found: set[str] = set()
+    for start in range(0, len(remote_ids), 500):
+        found.update((await uow.conn.execute(select(t.write_journal.c.remote_id).where(
+            t.write_journal.c.connection_id == connection_id, t.write_journal.c.entity == entity,
+            t.write_journal.c.remote_id.in_(remote_ids[start:start + 500]), t.write_journal.c.status == "open",
+            t.write_journal.c.expires_at > now))).scalars())
+    return found
+
+
 async def entries_of(conn: Any, adjustment_id: str) -> list[dict[str, Any]]:
     """The journal entries of one adjustment (for status pages and tests), oldest first."""
     rows = (await conn.execute(select(t.write_journal).where(t.write_journal.c.adjustment_id == adjustment_id)

@@ -7,6 +7,19 @@ stored version writes nothing and emits nothing; an upsert carrying an older ven
 webhook-delivered version. An update the write journal predicts (the POS reporting the
 gateway's own write back, :mod:`gateway.services.journal`) is written without an event.
 
+Inventory levels carry two more rules, here so that every writer (sync, webhooks, pushes'
+read-backs, the local engine) follows them alike:
+
+- **Low stock** (:func:`is_low`): an update that takes a level's ``available`` from above its
+  ``low_stock_threshold`` to at or below it also emits ``inventory.low`` (data: the level after
+  the change), once per crossing: not again while it stays low, again after it went back above.
+  Echoes included (the gateway's own adjustment can cross the threshold); a new level and a
+  level without a threshold never emit it.
+- **Drift** (``upsert_many(..., reconcile=True)``, the reconciliation count): an update that
+  changes a level's ``on_hand`` emits ``inventory.drift`` instead of ``inventory.updated``, with
+  ``previous_on_hand`` and ``difference`` added to the data; never for an echo or for a level
+  with open write-journal entries (the gateway's own write in flight: a plain update then).
+
 Reads return the stored JSON text (``bytes``), ready to send. Lists are keyset-paginated by
 (``updated_at``, ``id``); the cursor is opaque base64url JSON. An order's receipt
 (:func:`order_receipt`) is the one document a cached record has that only the vendor holds.
@@ -19,6 +32,7 @@ import binascii
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -146,6 +160,33 @@ def _older(item: UpsertItem, existing: dict[str, Any]) -> bool:
             and item.remote_updated_at < existing["remote_updated_at"])
 
 
+def _quantity(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+def is_low(level: dict[str, Any]) -> bool:
+    """Whether an inventory level (entity fields; quantities as decimal strings or ``Decimal``)
+    is at or below its ``low_stock_threshold``: ``available <= low_stock_threshold``. A level
+    without a threshold (or without ``available``) is never low."""
+    threshold, available = _quantity(level.get("low_stock_threshold")), _quantity(level.get("available"))
+    return threshold is not None and available is not None and available <= threshold
+
+
+def _drift(record: dict[str, Any], old_body: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``inventory.drift`` data of a level whose ``on_hand`` the count changed (``None`` when
+    it did not): the level as counted plus ``previous_on_hand`` and ``difference`` (counted minus
+    cached), decimal strings."""
+    before, after = _quantity(old_body.get("on_hand")), _quantity(record.get("on_hand"))
+    if before is None or after is None or before == after:
+        return None
+    return {**record, "previous_on_hand": old_body.get("on_hand"), "difference": format(after - before, "f")}
+
+
 def _event_type(entity: str, action: str, override: str | None) -> str:
     if override:
         return override
@@ -189,12 +230,20 @@ async def upsert(
 
 
 async def upsert_many(
-    uow: UnitOfWork, *, connection_id: str, entity: str, items: list[UpsertItem], lock: bool = False
+    uow: UnitOfWork, *, connection_id: str, entity: str, items: list[UpsertItem], lock: bool = False,
+    reconcile: bool = False, journaled: bool = True,
 ) -> list[UpsertResult]:
     """Upsert a batch (a sync page) with one read of the stored rows and bulk writes.
 
     Same rules as :func:`upsert`, item by item and in order (a remote id repeated in the batch
-    sees its earlier occurrence); events are emitted in the items' order.
+    sees its earlier occurrence); events are emitted in the items' order. Inventory levels also
+    get ``inventory.low`` on a crossing (see the module docstring).
+
+    Args:
+        reconcile: the items are the POS's full count (``SyncEngine.reconcile``): a changed
+            ``on_hand`` of a cached level is reported as ``inventory.drift`` (inventory only).
+        journaled: ``False`` when the items are not a report from the POS (a recompute of derived
+            fields): the write journal is not consulted, so no entry is taken for their echo.
     """
     prepared = []
     for item in items:
@@ -211,7 +260,11 @@ async def upsert_many(
         for row in (await uow.conn.execute(query, params)).mappings():
             stored[row["remote_id"]] = dict(row)
     echoes: set[str] = set()
-    if entity in journal.ENTITIES:  # the gateway's own writes coming back are not external changes
+    in_flight: set[str] = set()
+    if reconcile and entity == "inventory":  # the gateway's own writes in flight are not drift
+        in_flight = await journal.open_remote_ids(uow, connection_id=connection_id, entity=entity,
+                                                  remote_ids=[rid for rid in remote_ids if rid in stored])
+    if journaled and entity in journal.ENTITIES:  # the gateway's own writes coming back are not external changes
         echoes = await journal.absorb(uow, connection_id=connection_id, entity=entity, updates={
             item.remote_id: (_body_of(jsonutil.loads(stored[item.remote_id]["data"])), body)
             for item, body, digest in prepared
@@ -281,11 +334,21 @@ async def upsert_many(
         action = "created" if existing["deleted_at"] is not None else "updated"
         existing.update(data=data, raw=values["b_raw"], content_hash=digest, deleted_at=None,
                         remote_updated_at=values["b_remote_updated_at"])
+        crossed = entity == "inventory" and action == "updated" and is_low(body) and not is_low(old_body)
         if item.remote_id in echoes and action == "updated":
             echoes.discard(item.remote_id)  # one echo per entry: a repeat in the batch is a change
+            if crossed:
+                uow.emit("inventory.low", connection_id, record, changed, encoded=data)
             results.append(UpsertResult("updated", record, changed, echo=True))
             continue
-        uow.emit(_event_type(entity, action, item.event_type), connection_id, record, changed, encoded=data)
+        drift = (_drift(record, old_body) if reconcile and entity == "inventory" and action == "updated"
+                 and item.remote_id not in in_flight else None)
+        if drift is not None:
+            uow.emit("inventory.drift", connection_id, drift, changed)
+        else:
+            uow.emit(_event_type(entity, action, item.event_type), connection_id, record, changed, encoded=data)
+        if crossed:
+            uow.emit("inventory.low", connection_id, record, changed, encoded=data)
         results.append(UpsertResult("updated", record, changed))
     if inserts:
         await uow.conn.execute(_INSERT, inserts)
@@ -298,6 +361,53 @@ async def upsert_many(
     if sku_records:
         await _index_skus(uow, connection_id, sku_records)
     return results
+
+
+def available(on_hand: Any, safety_stock: Decimal) -> str:
+    """``available`` of a level: ``max(on_hand - safety_stock, 0)`` as a canonical decimal string
+    (no exponent, no trailing zeros: ``"28"``, ``"2.5"``, ``"0"``), which is how the built-in
+    connectors render it for their quantities."""
+    value = (_quantity(on_hand) or Decimal(0)) - safety_stock
+    if value <= 0:
+        return "0"
+    return format(value.normalize(), "f")
+
+
+async def recompute_available(uow: UnitOfWork, *, connection_id: str, safety_stock: Decimal) -> int:
+    """Re-derive ``available`` of the connection's live cached inventory levels after its
+    ``safety_stock`` setting changed (``PATCH /v1/connections/{id}``), in the caller's transaction.
+
+    Each level whose ``available`` value changes is updated through :func:`upsert_many` (so it
+    emits ``inventory.updated``, plus ``inventory.low`` when it crosses its threshold); the write
+    journal is left alone (this is no report from the POS). Levels are read and written 500 at a
+    time.
+
+    Args:
+        safety_stock: the new setting, in units.
+
+    Returns:
+        how many levels changed.
+    """
+    changed, after_id = 0, ""
+    while True:
+        rows = (await uow.conn.execute(
+            select(t.records.c.id, t.records.c.remote_id, t.records.c.data).where(
+                t.records.c.connection_id == connection_id, t.records.c.entity == "inventory",
+                t.records.c.deleted_at.is_(None), t.records.c.id > after_id,
+            ).order_by(t.records.c.id).limit(500))).all()
+        if not rows:
+            return changed
+        after_id = rows[-1].id
+        items = []
+        for row in rows:
+            body = _body_of(jsonutil.loads(row.data))
+            new = available(body.get("on_hand"), safety_stock)
+            if _quantity(body.get("available")) != Decimal(new):
+                items.append(UpsertItem(remote_id=row.remote_id, body={**body, "available": new}))
+        if items:
+            await upsert_many(uow, connection_id=connection_id, entity="inventory", items=items, lock=True,
+                              journaled=False)
+            changed += len(items)
 
 
 async def soft_delete(uow: UnitOfWork, *, connection_id: str, entity: str, record_id: str) -> dict[str, Any] | None:

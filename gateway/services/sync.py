@@ -29,10 +29,20 @@ save it at most every :data:`SKIP_CHECKPOINT_SECONDS` (resuming re-reads a few c
 
 Every run leaves a ``sync_runs`` row and emits ``connection.sync_completed`` or
 ``connection.sync_failed``; per-entity state is in ``sync_states``.
+
+Reconciliation (:meth:`SyncEngine.reconcile`, the ``reconcile`` job): a full count of the
+connection's inventory compared with the cache. It reads every page (no modified-since filter, no
+skipped pages, no checkpoint), and each cached level whose ``on_hand`` differs from the count is
+corrected and reported as ``inventory.drift`` instead of ``inventory.updated``
+(:func:`gateway.services.records.upsert_many` with ``reconcile``); the gateway's own writes
+coming back (echoes) or still in flight (open write-journal entries) are not drift. It leaves a
+``sync_runs`` row with mode ``reconcile`` (the history, and the scheduler's clock) but touches
+no sync state and emits no ``connection.*`` event: a count that finds nothing emits nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -48,6 +58,8 @@ from gateway.sdk.connector import Connector
 from gateway.services import records
 from gateway.storage import tables as t
 from gateway.storage.db import Database
+
+log = logging.getLogger("tillgate.sync")
 
 #: Entities in dependency order: what orders and inventory refer to is synced first.
 ENTITY_ORDER = ("locations", "categories", "products", "customers", "inventory", "orders")
@@ -194,23 +206,11 @@ class SyncEngine:
                     continue
                 unsaved = None
                 async with self.db.transaction(self.tenant_id) as uow:
-                    outcomes = await records.upsert_many(uow, connection_id=self.connection_id, entity=entity, items=[
-                        records.UpsertItem(remote_id=item.remote_id, body=item.body, raw=item.raw,
-                                           remote_updated_at=item.remote_updated_at, created_at=item.created_at)
-                        for item in page.records
-                    ])
-                    for item, outcome in zip(page.records, outcomes, strict=True):
-                        if outcome.action == "created":
-                            result.created += 1
-                        elif outcome.action == "updated":
-                            result.updated += 1
-                        else:
-                            result.unchanged += 1
+                    await self._upsert_page(uow, entity, page, result)
+                    for item in page.records:
                         seen.add(item.remote_id)
                         if item.remote_updated_at and (high_water is None or item.remote_updated_at > high_water):
                             high_water = item.remote_updated_at
-                    result.pages += 1
-                    result.seen += len(page.records)
                     await self._save_checkpoint(uow, entity, page.checkpoint, result)
                 saved_at = time.monotonic()
                 if fingerprint is not None:
@@ -231,6 +231,66 @@ class SyncEngine:
         result.status = "succeeded"
         await self._finish(entity, result, high_water, full=mode == "full" or since is None,
                            pages=scanned if sweep else None, started=now)
+        return result
+
+    async def _upsert_page(self, uow: Any, entity: str, page: Any, result: RunResult, *,
+                           reconcile: bool = False) -> None:
+        """Upsert one fetched page's records in ``uow`` and count them into ``result``."""
+        outcomes = await records.upsert_many(uow, connection_id=self.connection_id, entity=entity, items=[
+            records.UpsertItem(remote_id=item.remote_id, body=item.body, raw=item.raw,
+                               remote_updated_at=item.remote_updated_at, created_at=item.created_at)
+            for item in page.records
+        ], lock=reconcile, reconcile=reconcile)
+        for outcome in outcomes:
+            if outcome.action == "created":
+                result.created += 1
+            elif outcome.action == "updated":
+                result.updated += 1
+            else:
+                result.unchanged += 1
+        result.pages += 1
+        result.seen += len(outcomes)
+
+    async def reconcile(self, entity: str = "inventory") -> RunResult:
+        """Count ``entity`` (inventory) at the vendor in full and correct the cache, reporting
+        each cached level whose ``on_hand`` the count changes as ``inventory.drift`` (see the
+        module docstring). Each page commits on its own; a failed count is simply run again (it
+        keeps no checkpoint: a level already corrected is unchanged the second time).
+
+        Returns:
+            the run's counts (mode ``reconcile``; ``updated`` includes the drifted levels), also
+            stored as a ``sync_runs`` row.
+
+        Raises:
+            whatever the connector raises (after the run is recorded as failed).
+        """
+        result = RunResult(run_id=new_id("sync_run"), entity=entity, mode="reconcile")
+        async with self.db.transaction() as uow:
+            await uow.conn.execute(insert(t.sync_runs).values(
+                id=result.run_id, connection_id=self.connection_id, entity=entity, mode="reconcile",
+                status="running", started_at=jsonutil.utcnow()))
+        drifted = 0
+
+        async def finish() -> None:
+            async with self.db.transaction() as uow:
+                await self._save_run(uow, result)
+                await uow.conn.execute(update(t.sync_runs).where(t.sync_runs.c.id == result.run_id).values(
+                    status=result.status, error=result.error, finished_at=jsonutil.utcnow()))
+            log.info("reconcile %s %s: %s, %d counted, %d drifted", self.connection_id, entity, result.status,
+                     result.seen, drifted)
+
+        try:
+            async for page in self.connector.fetch(entity, since=None, checkpoint=None):
+                async with self.db.transaction(self.tenant_id) as uow:
+                    await self._upsert_page(uow, entity, page, result, reconcile=True)
+                    drifted += sum(1 for event in uow.events if event.type == "inventory.drift")
+                    await self._save_run(uow, result)
+        except Exception as exc:
+            result.status, result.error = "failed", f"{exc.__class__.__name__}: {exc}"
+            await finish()
+            raise
+        result.status = "succeeded"
+        await finish()
         return result
 
     async def _save_checkpoint(self, uow: Any, entity: str, checkpoint: dict[str, Any] | None,

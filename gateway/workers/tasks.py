@@ -7,6 +7,12 @@ at the first failure; a retryable vendor failure is retried after the vendor's `
 when it gave one (else backoff). On retry the finished entities re-run as cheap hash-diffed
 polls and the failed one resumes from its checkpoint.
 
+``reconcile``: payload ``{"connection_id"}``; a full count of the connection's inventory at
+the vendor compared with the cache (:meth:`SyncEngine.reconcile`): each level that drifted is
+corrected with ``inventory.drift``. Queued by the scheduler every ``reconcile_interval_seconds``
+and by ``POST /v1/connections/{id}/inventory/reconcile``; one per connection (dedupe key
+``reconcile:<connection>``). Retried like ``sync``; a retry counts again from the start.
+
 ``webhook``: payload ``{"inbox_id"}``; applies one stored inbound vendor delivery
 (:func:`gateway.services.inbox.process`).
 
@@ -24,6 +30,15 @@ from gateway.services.sync import ENTITY_ORDER, SyncEngine
 from gateway.workers.dispatch import REGISTRY, RetryLater, WorkerContext
 from gateway.workers.jobs import Job, backoff
 
+RECONCILE_JOB = "reconcile"
+
+
+def _retry_later(exc: VendorError, job: Job) -> RetryLater:
+    """A retryable vendor failure as a :class:`RetryLater`: after the vendor's ``Retry-After``
+    (seconds) when it gave one, else the job backoff."""
+    retry_after = exc.extra.get("retry_after")
+    return RetryLater(exc.detail, float(retry_after) if retry_after else backoff(job.attempts))
+
 
 @REGISTRY.register("sync")
 async def run_sync(ctx: WorkerContext, job: Job) -> None:
@@ -37,8 +52,19 @@ async def run_sync(ctx: WorkerContext, job: Job) -> None:
     except VendorError as exc:
         if not exc.retryable:
             raise
-        retry_after = exc.extra.get("retry_after")
-        raise RetryLater(exc.detail, float(retry_after) if retry_after else backoff(job.attempts)) from exc
+        raise _retry_later(exc, job) from exc
+
+
+@REGISTRY.register(RECONCILE_JOB)
+async def run_reconcile(ctx: WorkerContext, job: Job) -> None:
+    """Count one connection's inventory at the vendor and report drift (payload ``{"connection_id"}``)."""
+    connector = await ctx.services.connections.connector_for(job.tenant_id, job.payload["connection_id"])
+    try:
+        await SyncEngine(ctx.db, connector).reconcile("inventory")
+    except VendorError as exc:
+        if not exc.retryable:
+            raise
+        raise _retry_later(exc, job) from exc
 
 
 @REGISTRY.register(inbox.JOB_KIND)
@@ -51,8 +77,7 @@ async def run_webhook(ctx: WorkerContext, job: Job) -> None:
     except VendorError as exc:
         if not exc.retryable:
             raise
-        retry_after = exc.extra.get("retry_after")
-        raise RetryLater(exc.detail, float(retry_after) if retry_after else backoff(job.attempts)) from exc
+        raise _retry_later(exc, job) from exc
 
 
 @REGISTRY.register(adjustments.JOB_KIND)
@@ -68,3 +93,8 @@ async def run_adjustment(ctx: WorkerContext, job: Job) -> None:
 def sync_dedupe_key(connection_id: str) -> str:
     """One queued or running sync per connection, across every process."""
     return f"sync:{connection_id}"
+
+
+def reconcile_dedupe_key(connection_id: str) -> str:
+    """One queued or running reconciliation per connection, across every process."""
+    return f"reconcile:{connection_id}"
