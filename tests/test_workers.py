@@ -213,3 +213,42 @@ async def test_a_long_job_keeps_its_lease_and_is_not_taken_over(db):
         assert job_id not in [due_id for due_id, _ in await jobs.due(db)]
         assert await execute(ctx, job_id) is None  # a second delivery cannot take it
     assert await run == "done" and started == [1]
+
+
+async def test_cancel_and_wait_never_swallows_the_callers_cancellation():
+    """A worker stopped while it waits for a job's heartbeat to finish must stop: the old
+    ``task.cancel(); with suppress(CancelledError): await task`` swallowed the worker's own
+    cancellation, so the worker went on to its next job and ``stop()`` waited for ever."""
+    import asyncio
+
+    from gateway.aio import cancel_and_wait
+
+    async def slow_to_die() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # tidying up: the caller is waiting for it right now
+            raise
+
+    carried_on = asyncio.Event()
+
+    async def caller() -> None:
+        child = asyncio.create_task(slow_to_die())
+        await asyncio.sleep(0)
+        await cancel_and_wait(child)
+        carried_on.set()
+
+    task = asyncio.create_task(caller())
+    await asyncio.sleep(0.01)
+    task.cancel()  # arrives while the caller awaits the dying child
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not carried_on.is_set()
+
+    async def failing() -> None:
+        raise RuntimeError("its own failure")
+
+    child = asyncio.create_task(failing())
+    await asyncio.sleep(0)
+    await cancel_and_wait(child)  # finished with an error: not the caller's concern
+    assert child.done()

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import jsonutil
+from gateway.aio import cancel_and_wait
 from gateway.api import connections, events, hooks, records, system, webhook_endpoints
 from gateway.api.deps import Services
 from gateway.api.middleware import RequestContextMiddleware
@@ -110,9 +111,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         try:
             yield
         finally:
-            housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await housekeeping
+            await cancel_and_wait(housekeeping)
             await svc.stop_dispatcher()
             await svc.db.dispose()
 

@@ -35,6 +35,7 @@ from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway import jsonutil
+from gateway.aio import cancel_and_wait
 from gateway.errors import Conflict
 from gateway.storage import tables as t
 from gateway.storage.db import Database
@@ -139,9 +140,7 @@ async def hold(db: Database, key: str, *, lease: float = LEASE_SECONDS, wait: fl
         try:
             yield held
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await cancel_and_wait(heartbeat)
             try:
                 async with db.transaction() as uow:
                     await uow.conn.execute(delete(t.write_locks).where(t.write_locks.c.key == key,

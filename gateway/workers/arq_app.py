@@ -8,7 +8,6 @@ cron slot once across workers). Configure with ``TILLGATE_REDIS_URL`` and ``TILL
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from typing import Any
@@ -17,6 +16,7 @@ from arq import cron, func
 from arq.connections import RedisSettings
 
 import gateway.workers.tasks  # noqa: F401 - registers the job kinds
+from gateway.aio import cancel_and_wait
 from gateway.workers.dispatch import ArqDispatcher, WorkerContext, execute
 
 QUEUE_NAME = "tillgate:jobs"
@@ -90,9 +90,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     """Close what :func:`startup` opened."""
     doorbell = ctx.pop("tillgate_doorbell", None)
     if doorbell is not None:
-        doorbell.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await doorbell
+        await cancel_and_wait(doorbell)
     services = ctx.pop("tillgate_services", None)
     if services is not None:
         if services.deliveries is not None:

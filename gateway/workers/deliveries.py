@@ -38,6 +38,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, insert, or_, select, update
 
 from gateway import jsonutil
+from gateway.aio import cancel_and_wait
 from gateway.ids import new_id
 from gateway.services.deliveries import AttemptResult, DeliverySender, retry_delay, signed_headers
 from gateway.services.events import render_event
@@ -121,8 +122,7 @@ class DeliveryWorker:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait(task)
         self._loop_task = None
         with contextlib.suppress(Exception):
             async with self.db.transaction() as uow:

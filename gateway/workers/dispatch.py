@@ -19,12 +19,12 @@ expired lease) is rung again, which is how work survives a flushed Redis or a ki
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.aio import cancel_and_wait
 from gateway.storage.db import Database
 from gateway.workers import jobs
 from gateway.workers.jobs import Job
@@ -104,9 +104,7 @@ async def execute(ctx: WorkerContext, job_id: str) -> str | None:
         log.exception("job %s (%s) attempt %d failed", job.id, job.kind, job.attempts)
         return await jobs.fail(ctx.db, job, f"{exc.__class__.__name__}: {exc}")
     finally:
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+        await cancel_and_wait(heartbeat)
     await jobs.complete(ctx.db, job)
     return "done"
 
@@ -213,8 +211,7 @@ class InProcessDispatcher(Dispatcher):
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
 
     async def close(self) -> None:
