@@ -18,213 +18,26 @@ module's dispatcher never runs jobs of other modules' connections against these 
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import contextlib
-import os
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
-from sqlalchemy import func, select, update
+from inventory_world import VENDORS, Rule, types, world
+from sqlalchemy import select, update
 
-from connectors.aipos import AIPOSConnector
-from connectors.aipos.sandbox import create_app as aipos_app
-from connectors.apex import ApexConnector
-from connectors.apex.sandbox import create_app as apex_app
 from gateway import jsonutil
-from gateway.api.app import create_app
-from gateway.api.deps import Services
 from gateway.model import Event, InventoryLevel
-from gateway.sdk.http import BreakerPolicy, RetryPolicy
-from gateway.sdk.registry import ConnectorRegistry
-from gateway.services import journal, records
-from gateway.settings import Settings
+from gateway.services import journal
 from gateway.storage import tables as t
 from gateway.workers.scheduler import schedule_polls
-
-AIPOS_BASE = "http://aipos.test/aipos/api/v1"
-APEX_BASE = "http://apex.test/rest_api/v1"
-VENDORS = ["aipos", "apex"]
-
-
-@dataclass
-class Timeout:
-    """Answer ``times`` matching requests with a read timeout (the vendor never sees them);
-    ``on_fire`` runs first (a pass-through rule, ``times`` 0 after firing, arms another)."""
-
-    method: str
-    path: str
-    query: str = ""
-    times: int = 1
-    passthrough: bool = False
-    on_fire: Callable[[], None] | None = None
-
-
-class Wire(httpx.AsyncBaseTransport):
-    """The sandbox behind ``httpx.ASGITransport``, with scripted timeouts."""
-
-    def __init__(self, app: Any) -> None:
-        self.inner = httpx.ASGITransport(app=app)
-        self.rules: list[Timeout] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        rule = next((r for r in self.rules if r.times > 0 and r.method == request.method
-                     and request.url.path.endswith(r.path) and r.query in request.url.query.decode()), None)
-        if rule is None:
-            return await self.inner.handle_async_request(request)
-        rule.times -= 1
-        if rule.on_fire is not None:
-            rule.on_fire()
-        if rule.passthrough:
-            return await self.inner.handle_async_request(request)
-        raise httpx.ReadTimeout("no answer", request=request)
-
-
-async def _instant(seconds: float) -> None:
-    await asyncio.sleep(0)
-
-
-def wired(base: type, wire: Wire) -> type:
-    return type(f"Reconcile{base.__name__}", (base,), {
-        "manifest": {**base.manifest, "name": f"{base.manifest['name']}_reconcile_test"},
-        "client_overrides": {
-            "transport": wire, "sleep": _instant, "rate_limit": None,
-            "retry": RetryPolicy(attempts=2, max_total=5, backoff=0.001, backoff_max=0.001, jitter=0),
-            "breaker": BreakerPolicy(threshold=1000),
-        },
-    })
-
-
-class World:
-    """One gateway (API + embedded dispatcher), one sandbox, one connection synced in full."""
-
-    def __init__(self, kind: str, http: httpx.AsyncClient, services: Services, vendor: Any, wire: Wire) -> None:
-        self.kind, self.http, self.services, self.vendor, self.wire = kind, http, services, vendor, wire
-        self.db = services.db
-        self.connection_id = ""
-        self.product: dict[str, Any] = {}
-        self.location: dict[str, Any] = {}
-
-    @property
-    def base(self) -> str:
-        return f"/v1/connections/{self.connection_id}"
-
-    @property
-    def level_id(self) -> str:
-        return self.product["remote_id"] if self.kind == "aipos" else f"{self.product['remote_id']}:{self.location['remote_id']}"
-
-    def set_stock(self, quantity: int) -> None:
-        """A change in the POS's own store: no webhook, no ``updated_at``, nothing a poll filter sees."""
-        if self.kind == "aipos":
-            self.vendor.state.aipos.products[self.product["remote_id"]].stock = quantity
-        else:
-            self.vendor.state.apex.products[int(self.product["remote_id"])].stock[int(self.location["remote_id"]) - 1] = quantity
-
-    def stock(self) -> int:
-        if self.kind == "aipos":
-            return self.vendor.state.aipos.products[self.product["remote_id"]].stock
-        return self.vendor.state.apex.products[int(self.product["remote_id"])].stock[int(self.location["remote_id"]) - 1]
-
-    async def drain(self) -> None:
-        await self.services.dispatcher.drain()
-
-    async def reconcile(self) -> dict[str, Any]:
-        answer = await self.http.post(f"{self.base}/inventory/reconcile")
-        assert answer.status_code == 202, answer.text
-        await self.drain()
-        return answer.json()
-
-    async def sync(self, mode: str = "full", entities: list[str] | None = None) -> None:
-        answer = await self.http.post(f"{self.base}/sync", json={"mode": mode, **({"entities": entities} if entities else {})})
-        assert answer.status_code == 202, answer.text
-        await self.drain()
-
-    async def adjust(self, delta: str) -> dict[str, Any]:
-        answer = await self.http.post(f"{self.base}/inventory/adjustments", headers={"Idempotency-Key": uuid.uuid4().hex},
-                                      json={"product_id": self.product["id"], "location_id": self.location["id"],
-                                            "delta": delta, "reason": "sale"})
-        assert answer.status_code == 202, answer.text
-        await self.drain()
-        adjustment = (await self.http.get(f"{self.base}/inventory/adjustments/{answer.json()['id']}")).json()
-        assert adjustment["status"] == "applied", adjustment
-        return adjustment
-
-    async def last_seq(self) -> int:
-        async with self.db.read() as conn:
-            return (await conn.execute(select(func.coalesce(func.max(t.events.c.seq), 0)).where(
-                t.events.c.connection_id == self.connection_id))).scalar_one()
-
-    async def events(self, after: int) -> list[dict[str, Any]]:
-        answer = await self.http.get("/v1/events", params={"after": after, "connection_id": self.connection_id,
-                                                           "limit": 1000})
-        assert answer.status_code == 200, answer.text
-        return answer.json()["data"]
-
-    async def level(self) -> dict[str, Any]:
-        async with self.db.read() as conn:
-            found = await records.load_by_remote_id(conn, connection_id=self.connection_id, entity="inventory",
-                                                    remote_id=self.level_id)
-        assert found is not None
-        return found
-
-    async def runs(self) -> list[dict[str, Any]]:
-        answer = await self.http.get(f"{self.base}/sync", params={"runs": 100})
-        assert answer.status_code == 200, answer.text
-        return answer.json()["runs"]
-
-
-@contextlib.asynccontextmanager
-async def world(db: Any, tenant: tuple[str, str], kind: str, *, stock: int = 30, threshold: int = 10,
-                **settings: Any) -> AsyncIterator[World]:
-    """A gateway with its embedded dispatcher and a ``kind`` sandbox; the watched product starts
-    with ``stock`` on hand (AI POS: and ``threshold``); ``settings`` go to the connection."""
-    if kind == "aipos":
-        vendor = aipos_app(products=5, customers=1, sales=0, seed=11, rate_limit=None)
-        product = vendor.state.aipos.products["prod_003"]
-        product.stock, product.low_stock_threshold = stock, threshold
-        base, credentials, connector = AIPOS_BASE, {"api_key": "aipos_test_sandbox_key"}, AIPOSConnector
-    else:
-        vendor = apex_app(products=5, customers=1, invoices=0, seed=11)
-        vendor.state.apex.products[3].stock[0] = stock
-        base, credentials, connector = APEX_BASE, {"api_key": "apx_sandbox_key"}, ApexConnector
-    wire = Wire(vendor)
-    cls = wired(connector, wire)
-    config = Settings(database_url=db.url, secret_keys=[base64.urlsafe_b64encode(os.urandom(32)).decode()],
-                      api_rate_limit="100000/minute", scheduler_interval_seconds=3600)
-    services = Services.build(config, db=db, registry=ConnectorRegistry([cls], load_entry_points=False))
-    app = create_app(config, services=services)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://gateway.test",
-        headers={"Authorization": f"Bearer {tenant[1]}"},
-    ) as http:
-        here = World(kind, http, services, vendor, wire)
-        created = await http.post("/v1/connections", json={
-            "connector": cls.manifest["name"], "name": f"{kind} shop", "credentials": credentials,
-            "settings": {"base_url": base, **settings}})
-        assert created.status_code == 201, created.text
-        here.connection_id = created.json()["id"]
-        await here.sync()
-        products = {p["remote_id"]: p for p in (await http.get(f"{here.base}/products?limit=200")).json()["data"]}
-        locations = {loc["remote_id"]: loc for loc in (await http.get(f"{here.base}/locations")).json()["data"]}
-        here.product = products["prod_003" if kind == "aipos" else "3"]
-        here.location = locations["store" if kind == "aipos" else "1"]
-        yield here
 
 
 @pytest.fixture
 def make_world(db, tenant):
     def make(kind: str, **options: Any):
-        return world(db, tenant, kind, **options)
+        return world(db, tenant, kind, suffix="reconcile_test", **options)
     return make
-
-
-def types(events: list[dict[str, Any]]) -> list[str]:
-    return [e["type"] for e in events]
 
 
 # -- reconciliation -----------------------------------------------------------------------------------
@@ -271,14 +84,14 @@ async def test_a_gateway_adjustment_whose_echo_has_not_come_back_is_not_drift(ma
     async with make_world(kind) as w:
         seq = await w.last_seq()
         # the read-back after the write times out: the cache still shows 30, the POS 36
-        read_back = Timeout("GET", "/inventory", query="product_id=prod_003" if kind == "aipos" else "warehouse_id=1",
-                            times=2)
+        read_back = Rule("GET", "/inventory", "timeout", query="product_id=prod_003" if kind == "aipos" else "warehouse_id=1",
+                         times=2)
         if kind == "aipos":
             w.wire.rules.append(read_back)
         else:  # Apex reads the count before its set: arm the timeouts once the set went through
-            w.wire.rules.append(Timeout("PATCH", "/inventory/3", passthrough=True,
+            w.wire.rules.append(Rule("PATCH", "/inventory/3", "pass",
                                         on_fire=lambda: w.wire.rules.append(read_back)))
-        adjustment = await w.adjust("6")
+        adjustment = await w.adjust_applied("6")
         assert read_back.times == 0 and w.stock() == 36
         assert (await w.level())["on_hand"] == "30"
         async with w.db.read() as conn:
@@ -362,12 +175,12 @@ async def test_inventory_low_once_per_crossing_external(make_world, kind):
     async with make_world(kind, **({"low_stock_threshold": "10"} if kind == "apex" else {})) as w:
         assert (await w.level())["low_stock_threshold"] == "10"
         seq = await w.last_seq()
-        await w.adjust("-15")  # 15: above
-        await w.adjust("-6")   # 9: crosses (the push's own read-back: an echo, yet low)
-        await w.adjust("-1")   # 8: still low
+        await w.adjust_applied("-15")  # 15: above
+        await w.adjust_applied("-6")   # 9: crosses (the push's own read-back: an echo, yet low)
+        await w.adjust_applied("-1")   # 8: still low
         w.set_stock(7)         # a poll (apex) / a count brings a till sale: still low
         await w.reconcile()
-        await w.adjust("10")   # 17: back above
+        await w.adjust_applied("10")   # 17: back above
         w.set_stock(10)        # the POS's own change, found by the count: crosses again
         await w.reconcile()
         new = await w.events(seq)
@@ -381,7 +194,7 @@ async def test_a_level_without_a_threshold_never_emits_low(make_world):
     async with make_world("apex") as w:  # no low_stock_threshold setting
         assert (await w.level())["low_stock_threshold"] is None
         seq = await w.last_seq()
-        await w.adjust("-30")
+        await w.adjust_applied("-30")
         assert lows(await w.events(seq)) == []
 
 
