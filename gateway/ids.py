@@ -25,6 +25,7 @@ PREFIXES = {
     "refund": "ref",
     "inventory": "inv",
     "adjustment": "adj",
+    "inventory_link": "ilk",
     "journal_entry": "wjn",
     "movement": "mov",
     "event": "evt",

@@ -100,6 +100,9 @@ class Seed:
         self.endpoints: list[str] = []         # webhook endpoints (no worker runs: deliveries stay pending)
         self.delete_endpoints: list[str] = []
         self.deliveries: dict[str, list[str]] = {}
+        self.links: list[str] = []             # inventory links between locations of spare connections
+        self.delete_links: list[str] = []
+        self.free_members: list[list[dict[str, str]]] = []  # pairs of locations in no link yet
         self.urls = ["https://hooks.example.com/tillgate", "https://erp.example.org/in/webhooks?src=pos"]
 
     def record_ids(self, entity: str) -> list[str]:
@@ -170,6 +173,15 @@ def _seed(http) -> Seed:
         seed.order_lines[order["id"]] = [line["id"] for line in order["lines"]]
         seed.lines += seed.order_lines[order["id"]]
     seed.inventory = [level["id"] for level in _ok(http.get(f"{base}/inventory", params={"limit": 200}), 200)["data"]]
+    members = []
+    for n in range(10):
+        spare = _ok(http.post("/v1/connections", json={"connector": "local", "name": f"Linked {n}"}))["id"]
+        location = _ok(http.get(f"/v1/connections/{spare}/locations"), 200)["data"][0]["id"]
+        members.append({"connection_id": spare, "location_id": location})
+    for n in range(3):
+        link = _ok(http.post("/v1/inventory-links", json={"members": members[2 * n:2 * n + 2], "match_by": "sku"}))
+        (seed.links if n < 2 else seed.delete_links).append(link["id"])
+    seed.free_members = [members[6:8], members[8:10]]
     for endpoint_id in seed.endpoints:
         log = _ok(http.get(f"/v1/webhook-endpoints/{endpoint_id}/deliveries", params={"limit": 20}), 200)["data"]
         seed.deliveries[endpoint_id] = [d["id"] for d in log]
@@ -255,6 +267,8 @@ class Steer:
                 item = self.pick(pool, key)
             elif key in LIST_FIELDS and isinstance(item, list) and self.yes(f"steer {key}"):
                 item = self.pick(LIST_FIELDS[key], key)
+            elif key == "members" and isinstance(item, list) and self.yes("steer members"):
+                item = self.pick(self.seed.free_members, key)
             elif key == "connection_ids" and isinstance(item, list) and self.yes("steer connection_ids"):
                 item = [self.seed.connection]
             elif key in ("from_seq", "to_seq") and isinstance(item, int) and self.yes(f"small {key}"):
@@ -300,6 +314,7 @@ def _steer(case, seed: Seed, data: st.DataObject) -> None:
     real("location_id", seed.locations)
     real("endpoint_id", seed.delete_endpoints if method == "DELETE" else seed.endpoints)
     real("delivery_id", seed.deliveries.get(params.get("endpoint_id", ""), []))
+    real("link_id", seed.delete_links if method == "DELETE" else seed.links)
     pools = {name: getattr(seed, name) for name in set(REFERENCE_FIELDS.values())}
     pools["lines"] = seed.order_lines.get(params.get("order_id", ""), seed.lines)
     steer = Steer(seed, data, pools)

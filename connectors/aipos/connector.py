@@ -47,7 +47,7 @@ from gateway.sdk.connector import InboundEvent, Page, RemoteRecord, load_manifes
 from gateway.sdk.http import VendorClient, VendorNotFound, VendorRequestRejected
 from gateway.sdk.pagination import BasePaginator
 from gateway.sdk.remote import RemoteConnector
-from gateway.services import adjustments, journal, records
+from gateway.services import adjustments, inventory_links, journal, records
 from gateway.services.adjustments import render_adjustment
 from gateway.services.locks import LockBusy
 from gateway.storage.uow import UnitOfWork
@@ -869,6 +869,7 @@ class AIPOSConnector(RemoteConnector):
                             product["remote_id"], exc.detail)
         async with self.db.transaction(tenant_id) as uow:
             if record is not None:
+                inventory_links.landed(uow, row, product["remote_id"])  # a link's write is not a new change
                 await self._upsert(uow, "inventory", record)
                 await journal.close(uow, adjustment_id)  # read back in another state: not this write's echo
             return await adjustments.settle(uow, adjustment_id, "applied")

@@ -25,7 +25,7 @@ from gateway.sdk.connector import Page, RemoteRecord, load_manifest, page_finger
 from gateway.sdk.http import VendorClient
 from gateway.sdk.pagination import PageNumberPaginator
 from gateway.sdk.remote import RemoteConnector
-from gateway.services import adjustments, journal, records
+from gateway.services import adjustments, inventory_links, journal, records
 from gateway.services.adjustments import render_adjustment
 from gateway.services.locks import LockBusy
 from gateway.storage import tables as t
@@ -475,6 +475,8 @@ class ApexConnector(RemoteConnector):
                 await self._clear_intent(row["id"])
                 continue
             async with self.db.transaction(self.context.tenant_id) as uow:
+                if quantity == target:  # the count includes the set: a link's write is not a new change
+                    inventory_links.landed(uow, dict(row), f"{product['remote_id']}:{location['remote_id']}")
                 await self._cache_level(uow, product, location, current)
                 if quantity == target:
                     await journal.close(uow, row["id"])
@@ -489,6 +491,8 @@ class ApexConnector(RemoteConnector):
         for the poll that brings it)."""
         async with self.db.transaction(self.context.tenant_id) as uow:
             if current is not None:
+                row = await adjustments.load(uow.conn, self.context.id, adjustment_id)
+                inventory_links.landed(uow, row, f"{product['remote_id']}:{location['remote_id']}")
                 await self._cache_level(uow, product, location, current)
                 await journal.close(uow, adjustment_id)  # read back in another state: not this write's echo
             return await adjustments.settle(uow, adjustment_id, "applied", last_error=note)

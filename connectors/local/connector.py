@@ -28,7 +28,7 @@ from gateway import jsonutil
 from gateway.errors import Conflict, NotFound, ValidationFailed
 from gateway.ids import new_id
 from gateway.sdk.connector import Connector, load_manifest
-from gateway.services import records
+from gateway.services import adjustments, inventory_links, records
 from gateway.services.adjustments import render_adjustment
 from gateway.storage import tables as t
 from gateway.storage.uow import UnitOfWork
@@ -974,6 +974,42 @@ class LocalConnector(Connector):
             adjustment = render_adjustment(_Row(values))
             uow.emit("adjustment.applied", self.context.id, adjustment, ["status", "applied_at"])
             return adjustment
+
+    async def push_adjustment(self, adjustment_id: str, *, final: bool = False) -> dict[str, Any]:
+        """Apply a ``pending`` adjustment queued for this engine (an inventory link's: consumer
+        adjustments are applied at once by :meth:`create_adjustment`), in one transaction: the
+        delta, its movement, the inventory record and the verdict commit together, so a repeated
+        push (a duplicate job) finds it settled and applies nothing.
+
+        Verdicts: ``applied`` (``adjustment.applied``, ``inventory.updated``); ``failed`` when
+        the product has no stock level at the location any more (``no_stock_level``) or a
+        negative delta would take on hand below zero (``insufficient_stock``, unless
+        ``allow_negative_stock``).
+
+        Raises:
+            NotFound: no such adjustment on this connection.
+        """
+        async with self.db.transaction(self.context.tenant_id) as uow:
+            claimed = await uow.conn.execute(update(t.adjustments).where(  # locks the row: one push at a time
+                t.adjustments.c.id == adjustment_id, t.adjustments.c.connection_id == self.context.id,
+                t.adjustments.c.status == "pending").values(updated_at=jsonutil.utcnow()))
+            row = await adjustments.load(uow.conn, self.context.id, adjustment_id)
+            if not claimed.rowcount:
+                return render_adjustment(row)
+            level = await self._level(uow.conn, row["product_id"], row["variant_id"], row["location_id"])
+            if level is None:
+                return await adjustments.settle(uow, adjustment_id, "failed", last_error=(
+                    f"no_stock_level: product {row['product_id']} has no stock level at location {row['location_id']}"))
+            after = await self._apply_delta(uow, level.id, row["delta_milli"], guard=True)
+            if after is None:
+                return await adjustments.settle(uow, adjustment_id, "failed", last_error=(
+                    f"insufficient_stock: not enough stock of product {row['product_id']} at location "
+                    f"{row['location_id']} for a delta of {adjustments.milli_to_str(row['delta_milli'])}"))
+            await self._movement(uow, level, row["delta_milli"], after.on_hand_milli, row["reason"],
+                                 reference=row["reference"], adjustment_id=adjustment_id)
+            inventory_links.landed(uow, row, inventory_remote_id(level.product_id, level.variant_id, level.location_id))
+            await self._write_inventory(uow, level, after.on_hand_milli, after.low_stock_threshold_milli)
+            return await adjustments.settle(uow, adjustment_id, "applied")
 
     async def _tracked_level(self, conn: Any, product: dict[str, Any], variant: dict[str, Any] | None, location_id: str) -> Any:
         if not product.get("track_inventory"):

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from gateway import jsonutil
 from gateway.aio import cancel_and_wait
-from gateway.api import connections, events, hooks, records, system, webhook_endpoints
+from gateway.api import connections, events, hooks, inventory_links, records, system, webhook_endpoints
 from gateway.api.deps import Services
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.errors import PROBLEM_CONTENT_TYPE, MethodNotAllowed, NotFound, TillgateError
@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         # Connection routes with a fixed last segment (``/health``) come before the generic
         # ``/{connection_id}/{entity}`` read route, which would otherwise answer them 404 unknown_entity.
         routes=[*records.hot_routes, *connections.routes, *system.routes, *records.routes, *events.routes,
-                *hooks.routes, *webhook_endpoints.routes],
+                *hooks.routes, *webhook_endpoints.routes, *inventory_links.routes],
         middleware=[Middleware(RequestContextMiddleware)],
         exception_handlers={TillgateError: _tillgate_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,

@@ -21,6 +21,7 @@ from gateway.sdk.registry import ConnectorRegistry
 from gateway.services.connections import ConnectionService
 from gateway.services.idempotency import IdempotencyClaim, check_key, request_fingerprint
 from gateway.services.inbox import Inbox
+from gateway.services.inventory_links import InventoryLinkService
 from gateway.services.tenants import KeyVerifier
 from gateway.services.webhook_endpoints import WebhookEndpointService
 from gateway.settings import Settings
@@ -41,10 +42,12 @@ class Services:
     rate_limit: Any
     inbox: Inbox
     webhooks: WebhookEndpointService
+    links: InventoryLinkService
     dispatcher: Any = None
     #: The delivery worker of this process (embedded mode), or ``None``.
     deliveries: Any = None
     _unsubscribe: Any = None
+    _ring_jobs: Any = None
 
     @classmethod
     def build(cls, settings: Settings, *, db: Database | None = None, registry: ConnectorRegistry | None = None) -> Services:
@@ -63,6 +66,7 @@ class Services:
             rate_limit=parse_limit(settings.api_rate_limit),
             inbox=Inbox(db),
             webhooks=WebhookEndpointService(db, cipher, allow_private=settings.webhook_allow_private),
+            links=InventoryLinkService(db, registry),
         )
 
     async def start_dispatcher(self) -> None:
@@ -93,6 +97,8 @@ class Services:
                                                   sweep_every=self.settings.scheduler_interval_seconds)
             await self.dispatcher.start()
             await self.start_deliveries()
+        self._ring_jobs = ring_jobs(self.dispatcher)
+        self.db.job_listeners.append(self._ring_jobs)
 
     async def start_deliveries(self) -> None:
         """Run a :class:`~gateway.workers.deliveries.DeliveryWorker` in this process."""
@@ -111,9 +117,41 @@ class Services:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self._ring_jobs in self.db.job_listeners:
+            self.db.job_listeners.remove(self._ring_jobs)
+        self._ring_jobs = None
         dispatcher, self.dispatcher = self.dispatcher, None
         if dispatcher is not None:
             await dispatcher.close()
+
+
+def ring_jobs(dispatcher: Any) -> Callable[[list[str]], None]:
+    """The doorbell a :class:`Database` rings with the jobs a committed transaction queued
+    (``Database.job_listeners``): each is handed to ``dispatcher.notify`` in a task of its own, so
+    the committing code never waits on it (a lost ring leaves the job to the sweeper); an
+    in-process dispatcher's queue takes them at once."""
+    import asyncio
+    import logging
+
+    pending: set[asyncio.Task[Any]] = set()
+
+    async def notify(job_ids: list[str]) -> None:
+        try:
+            for job_id in job_ids:
+                await dispatcher.notify(job_id)
+        except Exception:
+            logging.getLogger("tillgate.jobs").warning("could not ring jobs %s; the sweeper will", job_ids, exc_info=True)
+
+    def ring(job_ids: list[str]) -> None:
+        if hasattr(dispatcher, "ring"):  # in process: queued at once, so a drain() right after sees them
+            for job_id in job_ids:
+                dispatcher.ring(job_id)
+            return
+        task = asyncio.get_running_loop().create_task(notify(job_ids))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    return ring
 
 
 def publish_deliveries(db: Database, redis: Any) -> Callable[[], None]:

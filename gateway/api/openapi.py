@@ -24,9 +24,11 @@ ENTITY_SINGULAR = {"products": "product", "categories": "category", "locations":
 
 INPUT_MODELS = [m.ConnectionCreate, m.ConnectionUpdate, m.SyncRequest, m.ProductCreate, m.ProductUpdate, m.CategoryCreate,
                 m.LocationCreate, m.CustomerCreate, m.CustomerUpdate, m.OrderCreate, m.RefundCreate, m.VoidCreate,
-                m.AdjustmentCreate, m.CountSet, m.WebhookEndpointCreate, m.WebhookEndpointUpdate, m.ReplayRequest]
+                m.AdjustmentCreate, m.CountSet, m.WebhookEndpointCreate, m.WebhookEndpointUpdate, m.ReplayRequest,
+                m.InventoryLinkCreate, m.InventoryLinkUpdate]
 OUTPUT_MODELS = [m.Connection, m.Connector, m.Product, m.Category, m.Location, m.Customer, m.Order,
-                 m.InventoryLevel, m.Adjustment, m.Event, m.Problem, m.WebhookEndpoint, m.WebhookDelivery]
+                 m.InventoryLevel, m.Adjustment, m.Event, m.Problem, m.WebhookEndpoint, m.WebhookDelivery,
+                 m.InventoryLink]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -187,6 +189,13 @@ def _paths() -> dict[str, Any]:
                          "Bad requests (unknown product or location, variants, fractional deltas where the POS "
                          "counts whole units) answer 4xx before anything is stored. A replay of the same "
                          "Idempotency-Key answers the first 202 again.")},
+            "get": _op("List the connection's adjustments, newest first", tag="inventory",
+                       ok=("200", _list_schema(_ref("Adjustment"))),
+                       params=cp + LIST_PARAMS + [
+                           _param("status", "query", {"type": "string", "enum": ["pending", "applied", "failed"]},
+                                  "only this status"),
+                           _param("link_id", "query", {"type": "string", "maxLength": 64},
+                                  "only the adjustments this inventory link made (ilk_...)")]),
         },
         f"{conn}/inventory/reconcile": {
             "post": {**_op("Queue a full inventory count that reports drift (202)", tag="inventory",
@@ -241,6 +250,7 @@ def _paths() -> dict[str, Any]:
         },
     }
     paths.update(_webhook_endpoint_paths())
+    paths.update(_inventory_link_paths())
     creates = {"products": m.ProductCreate, "categories": m.CategoryCreate, "locations": m.LocationCreate,
                "customers": m.CustomerCreate, "orders": m.OrderCreate}
     for entity in ENTITIES:
@@ -346,5 +356,35 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": components,
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "tgk_..."}},
+        },
+    }
+
+
+def _inventory_link_paths() -> dict[str, Any]:
+    """``/v1/inventory-links``: locations of several connections kept in one stock pool."""
+    base = "/v1/inventory-links"
+    lp = [_param("link_id", "path", {"type": "string", "maxLength": 64}, "an inventory link id (ilk_...)", True)]
+    writes = ("400", "401", "404", "409", "413", "415", "422", "429")
+    create = _op("Link locations of two or more connections into one stock pool", tag="inventory",
+                 ok=("201", _ref("InventoryLink")), request=m.InventoryLinkCreate,
+                 errors=("400", "401", "409", "413", "415", "422", "429"), idempotent=False)
+    create["description"] = (
+        "From now on, a change of on hand at one member that did not come from the link (a sale at the till, a "
+        "count, a consumer's adjustment) is pushed to every other member as an adjustment with `link_id` and "
+        "reason `link`, for the product with the same `sku` or `barcode`. Counts that differ when the link is "
+        "made are not aligned. A location can be in one link only (409 location_already_linked).")
+    return {
+        base: {
+            "post": create,
+            "get": _op("List inventory links", tag="inventory", ok=("200", _list_schema(_ref("InventoryLink"))),
+                       params=LIST_PARAMS),
+        },
+        f"{base}/{{link_id}}": {
+            "get": _op("Get an inventory link", tag="inventory", ok=("200", _ref("InventoryLink")), params=lp),
+            "patch": _op("Rename, enable or disable an inventory link", tag="inventory",
+                         ok=("200", _ref("InventoryLink")), params=list(lp), request=m.InventoryLinkUpdate,
+                         errors=writes, idempotent=False),
+            "delete": _op("Delete an inventory link (queued adjustments are still pushed)", tag="inventory",
+                          ok=("200", _ref("InventoryLink")), params=lp),
         },
     }

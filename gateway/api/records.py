@@ -170,8 +170,26 @@ async def create_adjustment(request: Request) -> Response:
     svc = services(request)
     connector = await svc.connections.connector_for(tenant_id, request.path_params["connection_id"])
     return await run_write(request, tenant_id, raw,
-                           lambda: adjustments.accept(connector, body, dispatcher=svc.dispatcher),
+                           lambda: adjustments.accept(connector, body),
                            status_code=202, require_key=True)
+
+
+async def list_adjustments(request: Request) -> Response:
+    """``GET /v1/connections/{id}/inventory/adjustments?status=&link_id=&limit=&cursor=``: newest first."""
+    tenant_id = await authenticate(request)
+    svc = services(request)
+    connection_id = request.path_params["connection_id"]
+    await svc.connections.require(tenant_id, connection_id)
+    status = query_text(request, "status", 20)
+    if status is not None and status not in adjustments.STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(adjustments.STATUSES)}", code="invalid_parameter",
+                         errors=[{"loc": ["query", "status"], "msg": "unknown status", "type": "enum"}])
+    async with svc.db.read() as conn:
+        items, next_cursor = await adjustments.list_adjustments(
+            conn, tenant_id=tenant_id, connection_id=connection_id, status=status,
+            link_id=query_text(request, "link_id", 64), limit=query_int(request, "limit", 50, 1, 200),
+            cursor=query_text(request, "cursor", 500))
+    return JSONBytes(jsonutil.dumps({"data": items, "next_cursor": next_cursor}))
 
 
 async def read_adjustment(request: Request) -> Response:
@@ -202,8 +220,10 @@ class EntityConvertor(Convertor[str]):
 register_url_convertor("entity", EntityConvertor())
 
 #: The two hot read routes come first (routing is a linear scan). They match only real entity
-#: names, and the write routes of the same shape differ by method, so order changes nothing else.
+#: names, and the write routes of the same shape differ by method, so order changes nothing else;
+#: the adjustments list, which the record route would take for an inventory level, precedes them.
 hot_routes = [
+    Route(f"{BASE}/inventory/adjustments", list_adjustments, methods=["GET"]),
     Route(f"{BASE}/{{entity:entity}}/{{record_id}}", get_record, methods=["GET"]),
     Route(f"{BASE}/{{entity:entity}}", list_records, methods=["GET"]),
 ]

@@ -19,7 +19,16 @@ from gateway.model.common import Address, ListPage, Record
 from gateway.model.connections import Connection, ConnectionCreate, ConnectionUpdate, Connector, SyncRequest
 from gateway.model.customers import Customer, CustomerCreate, CustomerUpdate
 from gateway.model.events import Event, EventPage
-from gateway.model.inventory import Adjustment, AdjustmentCreate, CountSet, InventoryLevel
+from gateway.model.inventory import (
+    Adjustment,
+    AdjustmentCreate,
+    CountSet,
+    InventoryLevel,
+    InventoryLink,
+    InventoryLinkCreate,
+    InventoryLinkMember,
+    InventoryLinkUpdate,
+)
 from gateway.model.locations import Location, LocationCreate
 from gateway.model.orders import (
     LineTax,
@@ -73,6 +82,10 @@ __all__ = [
     "Event",
     "EventPage",
     "InventoryLevel",
+    "InventoryLink",
+    "InventoryLinkCreate",
+    "InventoryLinkMember",
+    "InventoryLinkUpdate",
     "LineTax",
     "ListPage",
     "Location",

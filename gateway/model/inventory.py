@@ -6,9 +6,9 @@ Quantities are decimal strings in the product's unit, at most 3 decimals (thousa
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from gateway.model.common import Record
 from gateway.model.types import NonNegativeQuantity, Quantity, Timestamp
@@ -28,7 +28,11 @@ class InventoryLevel(Record):
 
 
 class Adjustment(BaseModel):
-    """A stock delta pushed to the POS: ``pending`` until the POS applied it (or it ``failed``)."""
+    """A stock delta pushed to the POS: ``pending`` until the POS applied it (or it ``failed``).
+
+    ``link_id``: set on the adjustments an inventory link made (reason ``link``; ``reference``
+    names the change it mirrors: ``<source connection id>:<source inventory level id>``).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -38,8 +42,9 @@ class Adjustment(BaseModel):
     variant_id: str | None
     location_id: str
     delta: Quantity
-    reason: AdjustmentReason
+    reason: AdjustmentReason | Literal["link"]
     reference: str | None
+    link_id: str | None = None
     status: Literal["pending", "applied", "failed"]
     attempts: int
     last_error: str | None
@@ -82,3 +87,59 @@ class CountSet(BaseModel):
     expected_on_hand: Quantity | None = None
     variant_id: str | None = None
     reason: Literal["count", "correction"] = "count"
+
+
+class InventoryLinkMember(BaseModel):
+    """One stock location of an inventory link: a location of one connection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connection_id: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+    location_id: Annotated[str, StringConstraints(min_length=1, max_length=40)]
+
+
+class InventoryLinkCreate(BaseModel):
+    """``POST /v1/inventory-links``: keep the stock of two or more locations in one pool.
+
+    ``match_by``: how a product at one member is found at the others, by its (or its variant's)
+    ``sku`` or ``barcode``. A location can be in one link only.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    match_by: Literal["sku", "barcode"] = "sku"
+    members: list[InventoryLinkMember] = Field(min_length=2, max_length=20)
+
+
+class InventoryLinkUpdate(BaseModel):
+    """``PATCH /v1/inventory-links/{id}``: ``name``; ``status`` ``disabled`` stops propagating
+    changes (nothing is caught up when it is enabled again)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    status: Literal["enabled", "disabled"] | None = None
+
+
+class InventoryLink(BaseModel):
+    """Linked stock locations: a change of ``on_hand`` at one member that did not come from the
+    link is pushed to every other member as an adjustment (``link_id`` set) of the same delta.
+
+    ``unmatched_count``: propagations skipped because no single product at a member carries the
+    identifier; ``last_unmatched`` says which (and when: ``last_unmatched_at``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    object: Literal["inventory_link"]
+    name: str | None
+    match_by: Literal["sku", "barcode"]
+    status: Literal["enabled", "disabled"]
+    members: list[InventoryLinkMember]
+    unmatched_count: int
+    last_unmatched: str | None
+    last_unmatched_at: Timestamp | None
+    created_at: Timestamp
+    updated_at: Timestamp

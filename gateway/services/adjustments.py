@@ -32,12 +32,11 @@ Life of an adjustment to an external POS (``aipos``, ``apex``)::
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import jsonutil
@@ -54,9 +53,6 @@ JOB_KIND = "adjustment"
 #: Attempts of a push job: with the job backoff (5 s, 30 s, 2 min, 10 min, 30 min, then hourly)
 #: about 20 hours of a POS being down before an adjustment is given up as ``failed``.
 MAX_PUSH_ATTEMPTS = 24
-
-#: Job ids queued by the write running in this context, rung by :func:`accept` once committed.
-_QUEUED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("tillgate_adjustment_jobs", default=None)
 
 
 class PushDeferred(Exception):
@@ -77,7 +73,7 @@ def milli_to_str(milli: int) -> str:
 
 def render_adjustment(row: Any) -> dict[str, Any]:
     """The API's Adjustment object for an ``adjustments`` row (a row object or a mapping)."""
-    get = row.get if isinstance(row, Mapping) else lambda name: getattr(row, name)
+    get = row.get if isinstance(row, Mapping) else lambda name: getattr(row, name, None)
     return {
         "id": get("id"),
         "connection_id": get("connection_id"),
@@ -87,6 +83,7 @@ def render_adjustment(row: Any) -> dict[str, Any]:
         "delta": milli_to_str(get("delta_milli")),
         "reason": get("reason"),
         "reference": get("reference"),
+        "link_id": get("link_id"),
         "status": get("status"),
         "attempts": get("attempts"),
         "last_error": get("last_error"),
@@ -116,11 +113,43 @@ async def get_adjustment(conn: AsyncConnection, *, tenant_id: str, connection_id
     return render_adjustment(row)
 
 
+#: The statuses an adjustment list can be filtered by.
+STATUSES = ("pending", "applied", "failed")
+
+
+async def list_adjustments(conn: AsyncConnection, *, tenant_id: str, connection_id: str, limit: int,
+                           cursor: str | None = None, status: str | None = None,
+                           link_id: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of one connection's adjustments, newest first (keyset on ``created_at, id``),
+    optionally only one ``status`` or the adjustments one inventory link made (``link_id``).
+
+    Returns:
+        (the Adjustments, the cursor of the next page or ``None``).
+
+    Raises:
+        BadRequest: a cursor that is not one of ours (from ``decode_cursor``).
+    """
+    from gateway.services.records import decode_cursor, encode_cursor
+
+    c = t.adjustments.c
+    query = select(t.adjustments).where(c.tenant_id == tenant_id, c.connection_id == connection_id)
+    if status is not None:
+        query = query.where(c.status == status)
+    if link_id is not None:
+        query = query.where(c.link_id == link_id)
+    if cursor:
+        before_time, before_id = decode_cursor(cursor)
+        query = query.where(or_(c.created_at < before_time, and_(c.created_at == before_time, c.id < before_id)))
+    rows = (await conn.execute(query.order_by(c.created_at.desc(), c.id.desc()).limit(limit + 1))).mappings().all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [render_adjustment(row) for row in rows], encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
+
+
 # -- accepting -------------------------------------------------------------------------------------
-async def accept(connector: Any, body: Any, *, dispatcher: Any = None) -> dict[str, Any]:
-    """``POST .../inventory/adjustments``: ``connector.create_adjustment(body)``, then ring
-    ``dispatcher`` (``None``: none in this process; the sweeper finds the job) for the push job
-    the write queued, once it committed.
+async def accept(connector: Any, body: Any) -> dict[str, Any]:
+    """``POST .../inventory/adjustments``: ``connector.create_adjustment(body)``. The push job
+    the write queued rings the dispatcher once committed (:func:`store_pending`).
 
     Returns:
         The Adjustment: ``pending`` for external POS connections, ``applied`` for ``local``.
@@ -129,16 +158,7 @@ async def accept(connector: Any, body: Any, *, dispatcher: Any = None) -> dict[s
         whatever ``create_adjustment`` raises (``ValidationFailed`` for an unknown product or
         location, a variant, a fractional delta; nothing is stored then).
     """
-    queued: list[str] = []
-    token = _QUEUED.set(queued)
-    try:
-        adjustment = await connector.create_adjustment(body)
-    finally:
-        _QUEUED.reset(token)
-    if dispatcher is not None:
-        for job_id in queued:
-            await dispatcher.notify(job_id)
-    return adjustment
+    return await connector.create_adjustment(body)
 
 
 async def store_delta(db: Database, context: Any, *, product_id: str, location_id: str, delta: int,
@@ -157,16 +177,15 @@ async def store_delta(db: Database, context: Any, *, product_id: str, location_i
 
 
 async def store_pending(uow: UnitOfWork, values: dict[str, Any]) -> dict[str, Any]:
-    """Write a ``pending`` adjustment (``values``: every ``adjustments`` column but ``job_id``)
-    and its push job in ``uow``: the job exists if and only if the row does. Returns the
-    Adjustment as the API shows it."""
+    """Write a ``pending`` adjustment (``values``: every ``adjustments`` column but ``job_id``;
+    ``link_id`` optional) and its push job in ``uow``: the job exists if and only if the row does,
+    and rings the dispatcher once ``uow`` committed (``UnitOfWork.jobs``; until then, or if that
+    ring is lost, the sweeper finds it). Returns the Adjustment as the API shows it."""
     job_id = await jobs.enqueue_in(uow, JOB_KIND, {"adjustment_id": values["id"], "connection_id": values["connection_id"]},
                                    tenant_id=values["tenant_id"], max_attempts=MAX_PUSH_ATTEMPTS)
-    row = {**values, "job_id": job_id, "status": "pending", "attempts": 0, "last_error": None, "applied_at": None}
+    row = {"link_id": None, **values, "job_id": job_id, "status": "pending", "attempts": 0, "last_error": None, "applied_at": None}
     await uow.conn.execute(insert(t.adjustments).values(**row))
-    queued = _QUEUED.get()
-    if queued is not None:
-        uow.after_commit.append(lambda: queued.append(job_id))
+    uow.jobs.append(job_id)
     return render_adjustment(row)
 
 

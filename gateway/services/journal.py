@@ -146,7 +146,7 @@ async def close(uow: UnitOfWork, adjustment_id: str) -> None:
 
 
 async def absorb(uow: UnitOfWork, *, connection_id: str, entity: str,
-                 updates: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> set[str]:
+                 updates: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, list[tuple[str | None, int]]]:
     """Which of the record updates about to be written are echoes of the gateway's own writes
     (see the module docstring for the rule).
 
@@ -155,31 +155,32 @@ async def absorb(uow: UnitOfWork, *, connection_id: str, entity: str,
             content changed (JSON types: quantities as decimal strings).
 
     Returns:
-        the remote ids that are echoes: write them without an event. The entries each match used
+        the remote ids that are echoes (write them without an event), each with the
+        ``(adjustment id, delta_milli)`` of the entries its match used, oldest first; those entries
         are marked ``matched`` in ``uow``.
     """
     if entity not in ENTITIES or not updates:
-        return set()
+        return {}
     now = jsonutil.utcnow()
     entries: dict[str, list[Any]] = {}
     remote_ids = list(updates)
     for start in range(0, len(remote_ids), 500):
         rows = (await uow.conn.execute(select(
             t.write_journal.c.id, t.write_journal.c.remote_id, t.write_journal.c.delta_milli,
-            t.write_journal.c.created_at).where(
+            t.write_journal.c.adjustment_id, t.write_journal.c.created_at).where(
             t.write_journal.c.connection_id == connection_id, t.write_journal.c.entity == entity,
             t.write_journal.c.remote_id.in_(remote_ids[start:start + 500]), t.write_journal.c.status == "open",
             t.write_journal.c.expires_at > now))).all()
         for row in rows:
             entries.setdefault(row.remote_id, []).append(row)
-    echoes: set[str] = set()
+    echoes: dict[str, list[tuple[str | None, int]]] = {}
     used: list[str] = []
     for remote_id, open_entries in entries.items():
         open_entries.sort(key=lambda e: (e.created_at, e.id))
         cached, incoming = updates[remote_id]
         k = explained(cached, incoming, [e.delta_milli for e in open_entries])
         if k:
-            echoes.add(remote_id)
+            echoes[remote_id] = [(e.adjustment_id, e.delta_milli) for e in open_entries[:k]]
             used += [e.id for e in open_entries[:k]]
     if used:
         await uow.conn.execute(update(t.write_journal).where(t.write_journal.c.id.in_(used))

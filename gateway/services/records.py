@@ -36,13 +36,13 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import jsonutil
 from gateway.errors import BadRequest, NotFound, VendorError
 from gateway.ids import new_id
-from gateway.services import journal
+from gateway.services import inventory_links, journal
 from gateway.storage import tables as t
 from gateway.storage.reader import FastReader, as_bytes, as_text
 from gateway.storage.uow import UnitOfWork
@@ -259,8 +259,9 @@ async def upsert_many(
         params = {"b_connection": connection_id, "b_entity": entity, "b_remote_ids": remote_ids[start:start + 500]}
         for row in (await uow.conn.execute(query, params)).mappings():
             stored[row["remote_id"]] = dict(row)
-    echoes: set[str] = set()
+    echoes: dict[str, list[tuple[str | None, int]]] = {}
     in_flight: set[str] = set()
+    level_changes: list[inventory_links.LevelChange] = []
     if reconcile and entity == "inventory":  # the gateway's own writes in flight are not drift
         in_flight = await journal.open_remote_ids(uow, connection_id=connection_id, entity=entity,
                                                   remote_ids=[rid for rid in remote_ids if rid in stored])
@@ -335,8 +336,12 @@ async def upsert_many(
         existing.update(data=data, raw=values["b_raw"], content_hash=digest, deleted_at=None,
                         remote_updated_at=values["b_remote_updated_at"])
         crossed = entity == "inventory" and action == "updated" and is_low(body) and not is_low(old_body)
+        if entity == "inventory" and action == "updated" and body.get("on_hand") != old_body.get("on_hand"):
+            level_changes.append(inventory_links.LevelChange(
+                record, item.remote_id, old_body.get("on_hand"),
+                echoes.get(item.remote_id)))
         if item.remote_id in echoes and action == "updated":
-            echoes.discard(item.remote_id)  # one echo per entry: a repeat in the batch is a change
+            echoes.pop(item.remote_id)  # one echo per entry: a repeat in the batch is a change
             if crossed:
                 uow.emit("inventory.low", connection_id, record, changed, encoded=data)
             results.append(UpsertResult("updated", record, changed, echo=True))
@@ -360,6 +365,8 @@ async def upsert_many(
         await uow.conn.execute(_UPDATE_RAW, raw_updates)
     if sku_records:
         await _index_skus(uow, connection_id, sku_records)
+    if level_changes and journaled:
+        await inventory_links.propagate(uow, connection_id, level_changes)
     return results
 
 
@@ -440,6 +447,22 @@ async def soft_delete(uow: UnitOfWork, *, connection_id: str, entity: str, recor
     return record
 
 
+#: The identifiers kept in ``sku_index`` (kind -> the product and variant field), and their widest.
+INDEXED_IDENTIFIERS = ("sku", "barcode")
+MAX_IDENTIFIER = 64
+
+
+def identifiers(body: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """``(kind, identifier, variant id or "")`` of a product body and its variants, for
+    :data:`INDEXED_IDENTIFIERS`; identifiers wider than :data:`MAX_IDENTIFIER` are left out."""
+    found: set[tuple[str, str, str]] = set()
+    for kind in INDEXED_IDENTIFIERS:
+        if body.get(kind):
+            found.add((kind, body[kind], ""))
+        found |= {(kind, v[kind], v["id"]) for v in body.get("variants") or [] if v.get(kind) and v.get("id")}
+    return {item for item in found if isinstance(item[1], str) and len(item[1]) <= MAX_IDENTIFIER}
+
+
 async def _index_skus(
     uow: UnitOfWork, connection_id: str, products: dict[str, tuple[dict[str, Any], bool]]
 ) -> None:
@@ -450,10 +473,8 @@ async def _index_skus(
         await uow.conn.execute(delete(t.sku_index).where(t.sku_index.c.record_id.in_(old[start:start + 500])))
     rows = []
     for record_id, (body, _) in products.items():
-        skus = {(body["sku"], "")} if body.get("sku") else set()
-        skus |= {(v["sku"], v["id"]) for v in body.get("variants") or [] if v.get("sku")}
-        rows += [{"connection_id": connection_id, "sku": sku, "record_id": record_id, "variant_id": variant}
-                 for sku, variant in sorted(skus)]
+        rows += [{"connection_id": connection_id, "kind": kind, "sku": value, "record_id": record_id,
+                  "variant_id": variant} for kind, value, variant in sorted(identifiers(body))]
     if rows:
         await uow.conn.execute(insert(t.sku_index), rows)
 
@@ -471,6 +492,7 @@ async def find_variant_by_sku(
             .select_from(t.sku_index.join(t.records, t.records.c.id == t.sku_index.c.record_id))
             .where(
                 t.sku_index.c.connection_id == connection_id,
+                t.sku_index.c.kind == "sku",
                 t.sku_index.c.sku == sku,
                 t.sku_index.c.variant_id != "",
                 t.records.c.deleted_at.is_(None),
@@ -583,6 +605,25 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         return moment, record_id
     except (ValueError, TypeError, binascii.Error, jsonutil.MalformedJSON) as exc:
         raise BadRequest("the cursor is not one this API returned", code="invalid_cursor") from exc
+
+
+async def keyset_page(conn: AsyncConnection, table: Any, query: Any, *, limit: int,
+                      cursor: str | None) -> tuple[list[Any], str | None]:
+    """One page of ``query`` (a ``select`` over ``table``, which has ``created_at`` and ``id``),
+    oldest first, after ``cursor``; returns the rows and the cursor of the next page (``None``:
+    the last page).
+
+    Raises:
+        BadRequest: a cursor that is not one of ours.
+    """
+    c = table.c
+    if cursor:
+        after_time, after_id = decode_cursor(cursor)
+        query = query.where(or_(c.created_at > after_time, and_(c.created_at == after_time, c.id > after_id)))
+    rows = list((await conn.execute(query.order_by(c.created_at, c.id).limit(limit + 1))).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
 
 
 async def list_json(

@@ -25,7 +25,7 @@ from gateway.ids import new_id
 from gateway.model.webhooks import ReplayRequest, WebhookEndpointCreate, WebhookEndpointUpdate
 from gateway.netguard import UrlRefused, check_url
 from gateway.services.deliveries import new_secret
-from gateway.services.records import decode_cursor, encode_cursor
+from gateway.services.records import decode_cursor, encode_cursor, keyset_page
 from gateway.storage import tables as t
 from gateway.storage.db import Database
 from gateway.storage.outbox import Subscription
@@ -153,14 +153,9 @@ class WebhookEndpointService:
         """A page of the tenant's endpoints, oldest first, and the cursor of the next page."""
         c = t.webhook_endpoints.c
         query = select(t.webhook_endpoints).where(c.tenant_id == tenant_id, c.deleted_at.is_(None))
-        if cursor:
-            after_time, after_id = decode_cursor(cursor)
-            query = query.where(or_(c.created_at > after_time, and_(c.created_at == after_time, c.id > after_id)))
         async with self.db.read() as conn:
-            rows = (await conn.execute(query.order_by(c.created_at, c.id).limit(limit + 1))).all()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return [render_endpoint(row) for row in rows], encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+            rows, next_cursor = await keyset_page(conn, t.webhook_endpoints, query, limit=limit, cursor=cursor)
+        return [render_endpoint(row) for row in rows], next_cursor
 
     async def update(self, tenant_id: str, endpoint_id: str, body: WebhookEndpointUpdate) -> dict[str, Any]:
         """Change the members sent. Enabling clears ``disabled_reason`` and resumes pending

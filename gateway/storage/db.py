@@ -72,6 +72,9 @@ class Database:
         self.reader = FastReader(self.engine, cache_size=read_cache_size)
         #: The outbox's webhook endpoints cache; delivery workers add their doorbell to its listeners.
         self.endpoints = EndpointCache()
+        #: Called with the ids of the jobs a transaction queued (``UnitOfWork.jobs``), after it
+        #: committed: the dispatcher's doorbell (:meth:`gateway.api.deps.Services.start_dispatcher`).
+        self.job_listeners: list[Callable[[list[str]], None]] = []
 
     def _configure_sqlite(self) -> None:
         sync_engine = self.engine.sync_engine
@@ -122,6 +125,9 @@ class Database:
                 uow.committed = True
                 for callback in uow.after_commit:
                     callback()
+                if uow.jobs:
+                    for listener in list(self.job_listeners):
+                        listener(list(uow.jobs))
         finally:
             if lock is not None:
                 lock.release()

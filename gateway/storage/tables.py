@@ -207,6 +207,45 @@ class AdjustmentRow(SQLModel, table=True):
     job_id: str | None = Field(default=None, max_length=40)
     intent_before_milli: int | None = Field(default=None, sa_type=BigInteger)
     intent_target_milli: int | None = Field(default=None, sa_type=BigInteger)
+    link_id: str | None = Field(default=None, max_length=40)
+
+
+class InventoryLinkRow(SQLModel, table=True):
+    """Stock locations of two or more connections kept in one pool: a change of on hand at one
+    member is pushed to the others as an adjustment (``adjustments.link_id``), matching products
+    by ``match_by`` (``sku`` or ``barcode``). See :mod:`gateway.services.inventory_links`.
+
+    ``unmatched_count`` / ``last_unmatched``: changes that could not be propagated to a member
+    because no single product there carries the identifier (counted per member skipped)."""
+
+    __tablename__ = "inventory_links"
+
+    id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40, index=True)
+    name: str | None = Field(default=None, max_length=200)
+    match_by: str = Field(max_length=10)
+    status: str = Field(default="enabled", max_length=10)
+    unmatched_count: int = Field(default=0, sa_type=BigInteger)
+    last_unmatched: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    last_unmatched_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class InventoryLinkMemberRow(SQLModel, table=True):
+    """One (connection, location) of an inventory link. A stock location is in at most one link
+    (``ux_inventory_link_members_location``)."""
+
+    __tablename__ = "inventory_link_members"
+    __table_args__ = (
+        Index("ux_inventory_link_members_location", "connection_id", "location_id", unique=True),
+    )
+
+    link_id: str = Field(primary_key=True, foreign_key="inventory_links.id", max_length=40)
+    connection_id: str = Field(primary_key=True, foreign_key="connections.id", max_length=40)
+    location_id: str = Field(primary_key=True, max_length=40)
+    tenant_id: str = Field(max_length=40)
+    position: int = 0
 
 
 class WriteJournalRow(SQLModel, table=True):
@@ -264,13 +303,15 @@ class ReceiptCounterRow(SQLModel, table=True):
 
 
 class SkuIndexRow(SQLModel, table=True):
-    """Product and variant SKUs of the records cache, for exact lookups (``variant_id`` ``""`` for a
-    product's own SKU). Kept by ``records.upsert`` / ``soft_delete``; SKUs need not be unique here."""
+    """Product and variant identifiers of the records cache, for exact lookups: ``kind`` ``sku`` or
+    ``barcode``, ``sku`` the identifier, ``variant_id`` ``""`` for a product's own. Kept by
+    ``records.upsert`` / ``soft_delete``; identifiers need not be unique here."""
 
     __tablename__ = "sku_index"
     __table_args__ = (Index("ix_sku_index_record", "record_id"),)
 
     connection_id: str = Field(primary_key=True, foreign_key="connections.id", max_length=40)
+    kind: str = Field(primary_key=True, default="sku", max_length=10)
     sku: str = Field(primary_key=True, max_length=64)
     record_id: str = Field(primary_key=True, max_length=40)
     variant_id: str = Field(primary_key=True, default="", max_length=40)
@@ -502,6 +543,8 @@ write_journal = WriteJournalRow.__table__
 write_locks = WriteLockRow.__table__
 receipt_counters = ReceiptCounterRow.__table__
 sku_index = SkuIndexRow.__table__
+inventory_links = InventoryLinkRow.__table__
+inventory_link_members = InventoryLinkMemberRow.__table__
 jobs = JobRow.__table__
 sync_states = SyncStateRow.__table__
 sync_runs = SyncRunRow.__table__

@@ -51,6 +51,8 @@ class UnitOfWork:
         tenant_id: the tenant whose events may be emitted.
         events: events emitted so far; their ``seq`` is set once written.
         after_commit: callbacks run after a successful commit (cache invalidation, doorbells).
+        jobs: ids of jobs queued in this transaction to ring once it committed (the
+            :class:`~gateway.storage.db.Database`'s ``job_listeners``: the dispatcher).
         endpoints: the webhook endpoints cache events are fanned out with (``None``: no fan-out,
             only for tools that write events outside a :class:`~gateway.storage.db.Database`).
     """
@@ -63,6 +65,7 @@ class UnitOfWork:
         self.dialect = dialect
         self.events: list[PendingEvent] = []
         self.after_commit: list[Callable[[], None]] = []
+        self.jobs: list[str] = []
         self.committed = False
 
     def emit(self, type: str, connection_id: str | None, data: dict[str, Any], changed: list[str],

@@ -168,6 +168,10 @@ class InProcessDispatcher(Dispatcher):
         self._tasks: list[asyncio.Task[None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
 
+    def ring(self, job_id: str) -> None:
+        """:meth:`notify` without delay, callable from synchronous code (a commit's doorbell)."""
+        self._queue.put_nowait(job_id)
+
     async def notify(self, job_id: str, *, delay: float | None = None, generation: str = "0") -> None:
         if delay:
             handle = asyncio.get_running_loop().call_later(delay, self._queue.put_nowait, job_id)
