@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -43,9 +44,10 @@ class WorkerCrashed(Exception):
 class Rule:
     """Fail matching requests ``times`` times: ``lose`` (forward, then a read timeout: the vendor
     acted, the answer is lost), ``timeout`` (a read timeout without forwarding: the vendor never
-    saw it, the client cannot tell), ``crash`` (forward, then :class:`WorkerCrashed`), ``hold``
-    (forward, await ``hook``, then answer), ``pass`` (forward and answer: only ``on_fire``
-    matters, e.g. to arm another rule). ``on_fire`` runs when the rule fires."""
+    saw it, the client cannot tell), ``down`` (a 503 without forwarding: the POS is unreachable),
+    ``crash`` (forward, then :class:`WorkerCrashed`), ``hold`` (forward, await ``hook``, then
+    answer), ``pass`` (forward and answer: only ``on_fire`` matters, e.g. to arm another rule).
+    ``on_fire`` runs when the rule fires."""
 
     method: str
     path: str
@@ -56,39 +58,90 @@ class Rule:
     on_fire: Callable[[], None] | None = None
 
 
+@dataclass(frozen=True)
+class Reached:
+    """A request that reached the vendor, and the status the vendor answered it with (whether
+    or not the answer then got back to the gateway)."""
+
+    method: str
+    path: str
+    query: str
+    body: bytes
+    status: int
+
+
 class Wire(httpx.AsyncBaseTransport):
-    """The sandbox behind ``httpx.ASGITransport``, with scripted failures (:class:`Rule`)."""
+    """The sandbox behind ``httpx.ASGITransport``, with scripted failures (:class:`Rule`).
+
+    ``chaos`` (optional) is asked for the mode of every request no rule matches (``None``: pass
+    it on), e.g. a seeded fault plan. ``reached`` lists every request the vendor answered, in
+    order: what the POS actually saw, lost answers included."""
 
     def __init__(self, app: Any) -> None:
         self.inner = httpx.ASGITransport(app=app)
         self.rules: list[Rule] = []
+        self.chaos: Callable[[httpx.Request], str | None] | None = None
+        self.reached: list[Reached] = []
 
     def fail(self, method: str, path: str, mode: str, **options: Any) -> Rule:
         rule = Rule(method, path, mode, **options)
         self.rules.append(rule)
         return rule
 
+    async def _forward(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        response = await self.inner.handle_async_request(request)
+        self.reached.append(Reached(request.method, request.url.path, request.url.query.decode(), body,
+                                    response.status_code))
+        return response
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         rule = next((r for r in self.rules if r.times > 0 and r.method == request.method
                      and request.url.path.endswith(r.path) and r.query in request.url.query.decode()), None)
-        if rule is None:
-            return await self.inner.handle_async_request(request)
-        rule.times -= 1
-        if rule.on_fire is not None:
-            rule.on_fire()
-        if rule.mode == "timeout":
+        hook = None
+        if rule is not None:
+            rule.times -= 1
+            if rule.on_fire is not None:
+                rule.on_fire()
+            mode, hook = rule.mode, rule.hook
+        else:
+            mode = self.chaos(request) if self.chaos is not None else None
+            if mode is None:
+                return await self._forward(request)
+        if mode == "timeout":
             raise httpx.ReadTimeout("no answer", request=request)
-        response = await self.inner.handle_async_request(request)
+        if mode == "down":
+            return httpx.Response(503, json={"success": False, "message": "Service unavailable (the wire is down)"},
+                                  request=request)
+        response = await self._forward(request)
         await response.aread()
-        if rule.mode == "pass":
+        if mode == "pass":
             return response
-        if rule.mode == "hold":
-            assert rule.hook is not None
-            await rule.hook()
+        if mode == "hold":
+            assert hook is not None
+            await hook()
             return response
-        if rule.mode == "crash":
+        if mode == "crash":
             raise WorkerCrashed("the worker died after the call")
         raise httpx.ReadTimeout("the answer was lost", request=request)
+
+
+class Mailbox(httpx.AsyncBaseTransport):
+    """The vendor's webhook deliveries to the gateway: passed on at once, or, when ``hold`` says so
+    for a delivery, kept in ``held`` (answered 200, so the vendor counts it delivered) for
+    :meth:`World.release_webhooks` to deliver later, in any order and as often as it likes."""
+
+    def __init__(self, app: Any) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.hold: Callable[[httpx.Request], bool] | None = None
+        self.held: list[httpx.Request] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.hold is not None and self.hold(request):
+            await request.aread()
+            self.held.append(request)
+            return httpx.Response(200, json={"held": True}, request=request)
+        return await self.inner.handle_async_request(request)
 
 
 async def _instant(seconds: float) -> None:
@@ -112,8 +165,12 @@ def wired(base: type, wire: Wire, suffix: str) -> type:
 class World:
     """One gateway (API + embedded dispatcher), one sandbox and one connection to it."""
 
-    def __init__(self, kind: str, http: httpx.AsyncClient, services: Services, vendor: Any, wire: Wire) -> None:
+    def __init__(self, kind: str, http: httpx.AsyncClient, services: Services, vendor: Any, wire: Wire,
+                 mailbox: Mailbox | None = None, tenant_id: str = "") -> None:
         self.kind, self.http, self.services, self.vendor, self.wire = kind, http, services, vendor, wire
+        #: the AI POS sandbox's webhook deliveries to the gateway (``None`` for Apex: no webhooks)
+        self.mailbox = mailbox
+        self.tenant_id = tenant_id
         self.db = services.db
         self.connection_id = ""
         #: the product and location the tests adjust: gateway records
@@ -255,6 +312,81 @@ class World:
         await self.vendor.state.aipos.drain()
         await self.drain()
 
+    async def release_webhooks(self, rng: random.Random | None = None, *, twice: float = 0.0) -> int:
+        """Deliver the webhooks the :class:`Mailbox` held to the gateway now: shuffled by ``rng``
+        (when given), each sent a second time with probability ``twice`` (the same event id and
+        body, later in the batch). Every delivery must be acknowledged 2xx. Returns how many
+        were sent (duplicates included)."""
+        assert self.mailbox is not None, "only the AI POS sandbox sends webhooks"
+        batch, self.mailbox.held = self.mailbox.held, []
+        if rng is not None:
+            batch += [request for request in batch if rng.random() < twice]
+            rng.shuffle(batch)
+        for request in batch:
+            copy = httpx.Request(request.method, request.url, headers=request.headers, content=request.content)
+            answer = await self.mailbox.inner.handle_async_request(copy)
+            await answer.aread()
+            assert 200 <= answer.status_code < 300, (answer.status_code, answer.content)
+        return len(batch)
+
+    async def kick(self) -> int:
+        """Make every queued job of this world's tenant due now (retries of pushes, webhooks, polls
+        waiting out their backoff) and ring them, without waiting for them. Returns how many."""
+        async with self.db.transaction() as uow:
+            ids = (await uow.conn.execute(select(t.jobs.c.id).where(
+                t.jobs.c.tenant_id == self.tenant_id, t.jobs.c.status == "queued"))).scalars().all()
+            if ids:
+                await uow.conn.execute(update(t.jobs).where(t.jobs.c.id.in_(ids), t.jobs.c.status == "queued")
+                                       .values(run_after=jsonutil.utcnow()))
+        for job_id in ids:
+            await self.services.dispatcher.notify(job_id)
+        return len(ids)
+
+    async def pending_count(self) -> int:
+        """How many of the connection's adjustments are ``pending``."""
+        async with self.db.read() as conn:
+            return (await conn.execute(select(func.count()).select_from(t.adjustments).where(
+                t.adjustments.c.connection_id == self.connection_id, t.adjustments.c.status == "pending"))).scalar_one()
+
+    async def unfinished_jobs(self) -> int:
+        """Jobs of this world's tenant still queued or running."""
+        async with self.db.read() as conn:
+            return (await conn.execute(select(func.count()).select_from(t.jobs).where(
+                t.jobs.c.tenant_id == self.tenant_id, t.jobs.c.status.in_(("queued", "running"))))).scalar_one()
+
+    async def job_statuses(self) -> dict[tuple[str, str], int]:
+        """How many jobs of this world's tenant there are per (kind, status)."""
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(t.jobs.c.kind, t.jobs.c.status, func.count()).where(
+                t.jobs.c.tenant_id == self.tenant_id).group_by(t.jobs.c.kind, t.jobs.c.status))).all()
+        return {(kind, status): count for kind, status, count in rows}
+
+    async def inbox_statuses(self) -> dict[str, int]:
+        """How many inbound webhook deliveries of the connection there are per status."""
+        async with self.db.read() as conn:
+            rows = (await conn.execute(select(t.webhook_inbox.c.status, func.count()).where(
+                t.webhook_inbox.c.connection_id == self.connection_id).group_by(t.webhook_inbox.c.status))).all()
+        return {status: count for status, count in rows}
+
+    async def all_adjustments(self) -> list[dict[str, Any]]:
+        """Every adjustment row of the connection (as stored), oldest first."""
+        async with self.db.read() as conn:
+            return [dict(row) for row in (await conn.execute(select(t.adjustments).where(
+                t.adjustments.c.connection_id == self.connection_id).order_by(t.adjustments.c.created_at))).mappings()]
+
+    async def all_events(self, after: int) -> list[dict[str, Any]]:
+        """Every event of the connection after ``after``, page by page."""
+        out: list[dict[str, Any]] = []
+        while True:
+            answer = await self.http.get("/v1/events", params={"after": after, "connection_id": self.connection_id,
+                                                               "limit": 1000})
+            assert answer.status_code == 200, answer.text
+            page = answer.json()
+            out += page["data"]
+            if not page["data"]:
+                return out
+            after = page["next_after"]
+
 
 @contextlib.asynccontextmanager
 async def world(db: Any, tenant: tuple[str, str], kind: str, *, suffix: str, stock: int = 30, threshold: int = 10,
@@ -268,9 +400,11 @@ async def world(db: Any, tenant: tuple[str, str], kind: str, *, suffix: str, sto
     async def to_gateway(scope: Any, receive: Any, send: Any) -> None:
         await gateway_app["app"](scope, receive, send)
 
+    mailbox = None
     if kind == "aipos":
+        mailbox = Mailbox(to_gateway)
         vendor = aipos_app(products=5, customers=1, sales=0, seed=11, rate_limit=None,
-                           webhook_transport=httpx.ASGITransport(app=to_gateway), webhook_retry_schedule=[0.01, 0.01])
+                           webhook_transport=mailbox, webhook_retry_schedule=[0.01, 0.01])
         product = vendor.state.aipos.products["prod_003"]
         product.stock, product.low_stock_threshold = stock, threshold
         base, credentials, connector = AIPOS_BASE, {"api_key": "aipos_test_sandbox_key"}, AIPOSConnector
@@ -288,7 +422,7 @@ async def world(db: Any, tenant: tuple[str, str], kind: str, *, suffix: str, sto
         transport=httpx.ASGITransport(app=app), base_url="http://gateway.test",
         headers={"Authorization": f"Bearer {tenant[1]}"},
     ) as http:
-        here = World(kind, http, services, vendor, wire)
+        here = World(kind, http, services, vendor, wire, mailbox, tenant[0])
         created = await http.post("/v1/connections", json={
             "connector": cls.manifest["name"], "name": f"{kind} shop", "credentials": credentials,
             "settings": {"base_url": base, "safety_stock": "0", **settings}})

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import httpx
 import pytest
 
+from gateway import jsonutil
 from gateway.services.tenants import create_tenant
 
 PROBLEM = "application/problem+json"
@@ -313,6 +315,37 @@ async def test_adjustments_are_idempotent_and_readable(client, shop):
     assert [e["type"] for e in events] == ["inventory.updated", "adjustment.applied",
                                            "inventory.updated", "adjustment.applied"], [e["type"] for e in events]
     assert events[1]["data"] == adjustment
+
+
+async def test_a_repeat_while_the_first_answer_is_being_stored_is_in_flight_not_lost(client, services, shop):
+    """Between the write's commit and the stored answer, a repeat of the request is told to retry
+    (409 idempotency_request_in_progress), and gets the first 202 once stored; only a claim left
+    committed past IN_FLIGHT_TIMEOUT (the process died in between) is idempotency_outcome_unknown."""
+    from sqlalchemy import update
+
+    from gateway.services.idempotency import IN_FLIGHT_TIMEOUT
+    from gateway.storage import tables as t
+
+    product = await shop.product(sku="JAR", name="Jar", price="1.00")
+    url = f"{shop.base}/inventory/adjustments"
+    body = {"product_id": product["id"], "location_id": await shop.location(), "delta": "2", "reason": "restock"}
+    first = ok(await client.post(url, json=body, headers={"Idempotency-Key": "gap-1"}), 202)
+
+    async def claim_state(state: str, age: Any = None) -> None:
+        async with services.db.transaction() as uow:
+            values: dict[str, Any] = {"state": state}
+            if age is not None:
+                values["created_at"] = jsonutil.utcnow() - age
+            await uow.conn.execute(update(t.idempotency_keys).where(t.idempotency_keys.c.key == "gap-1").values(**values))
+
+    await claim_state("committed")  # as between the commit and the stored answer
+    assert_problem(await client.post(url, json=body, headers={"Idempotency-Key": "gap-1"}), 409,
+                   "idempotency_request_in_progress")
+    await claim_state("committed", IN_FLIGHT_TIMEOUT * 2)  # the answer was never stored
+    assert_problem(await client.post(url, json=body, headers={"Idempotency-Key": "gap-1"}), 409,
+                   "idempotency_outcome_unknown")
+    assert await shop.on_hand(product["id"]) == "2"  # never applied twice
+    assert ok(await client.get(f"{url}/{first['id']}"), 200)["status"] == "applied"
 
 
 async def test_count_compare_and_set(client, shop):

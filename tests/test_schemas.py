@@ -567,8 +567,9 @@ adjustments = st.fixed_dictionaries(
         "variant_id": st.none() | ids("var"),
         "location_id": ids("loc"),
         "delta": quantity,
-        "reason": st.sampled_from(["sale", "return", "restock", "correction", "transfer", "count"]),
+        "reason": st.sampled_from(["sale", "return", "restock", "correction", "transfer", "count", "link"]),
         "reference": optional_text,
+        "link_id": st.none() | ids("ilk"),
         "status": st.sampled_from(["pending", "applied", "failed"]),
         "attempts": st.integers(0, 100),
         "last_error": optional_text,
@@ -744,7 +745,8 @@ INVENTORY_LEVEL = {
 }
 ADJUSTMENT = {
     "id": "adj_01j9zq3v6k2m8n4p5r7s9t0v2n", "connection_id": CON, "product_id": PROD_MUG, "variant_id": None,
-    "location_id": LOC, "delta": "-1", "reason": "sale", "reference": "shop-order-1001", "status": "applied",
+    "location_id": LOC, "delta": "-1", "reason": "sale", "reference": "shop-order-1001", "link_id": None,
+    "status": "applied",
     "attempts": 2, "last_error": None, "applied_at": "2024-03-03T08:00:04.512000Z",
     "created_at": "2024-03-03T08:00:00Z", "updated_at": "2024-03-03T08:00:04.512000Z",
 }

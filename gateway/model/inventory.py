@@ -44,7 +44,7 @@ class Adjustment(BaseModel):
     delta: Quantity
     reason: AdjustmentReason | Literal["link"]
     reference: str | None
-    link_id: str | None = None
+    link_id: str | None
     status: Literal["pending", "applied", "failed"]
     attempts: int
     last_error: str | None

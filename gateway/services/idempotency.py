@@ -81,7 +81,9 @@ class IdempotencyClaim:
             IdempotencyKeyReused: the key was used for another request.
             IdempotencyInFlight: the first request with this key is still running.
             Conflict: ``idempotency_outcome_unknown`` when the first request committed but its
-                response was lost (the server stopped in between).
+                response was lost (the server stopped in between): a claim ``committed`` for longer
+                than :data:`IN_FLIGHT_TIMEOUT`; a younger one is still in flight (its response is
+                being stored).
         """
         now = utcnow()
         try:
@@ -97,6 +99,10 @@ class IdempotencyClaim:
                         )
                     if row["state"] == "done":
                         return StoredResponse(row["status_code"], (row["response_body"] or "").encode())
+                    if row["state"] == "committed" and now - row["created_at"] < IN_FLIGHT_TIMEOUT:
+                        # committed, its response being stored this instant (or its process just died):
+                        # a retry shortly after gets the stored response
+                        raise IdempotencyInFlight("a request with this Idempotency-Key is still being processed")
                     if row["state"] == "committed":
                         raise Conflict(
                             "the request with this Idempotency-Key was applied but its response was lost; "
