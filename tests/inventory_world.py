@@ -186,6 +186,20 @@ class World:
         """The remote id of the adjusted stock level."""
         return self.product["remote_id"] if self.kind == "aipos" else f"{self.product['remote_id']}:{self.location['remote_id']}"
 
+    async def connect(self, cls: type, settings: dict[str, Any], credentials: dict[str, Any]) -> None:
+        """Create the connection (connector ``cls``) to this world's sandbox, sync it in full and
+        pick the adjusted product (AI POS ``prod_003``, Apex product 3) and location."""
+        created = await self.http.post("/v1/connections", json={
+            "connector": cls.manifest["name"], "name": f"{self.kind} shop", "credentials": credentials,
+            "settings": settings})
+        assert created.status_code == 201, created.text
+        self.connection_id = created.json()["id"]
+        await self.sync()
+        products = {p["remote_id"]: p for p in (await self.http.get(f"{self.base}/products?limit=200")).json()["data"]}
+        locations = {loc["remote_id"]: loc for loc in (await self.http.get(f"{self.base}/locations")).json()["data"]}
+        self.product = products["prod_003" if self.kind == "aipos" else "3"]
+        self.location = locations["store" if self.kind == "aipos" else "1"]
+
     # -- the vendor ------------------------------------------------------------------------------
     def stock(self) -> int:
         """On hand of the adjusted product at the POS."""
@@ -423,16 +437,7 @@ async def world(db: Any, tenant: tuple[str, str], kind: str, *, suffix: str, sto
         headers={"Authorization": f"Bearer {tenant[1]}"},
     ) as http:
         here = World(kind, http, services, vendor, wire, mailbox, tenant[0])
-        created = await http.post("/v1/connections", json={
-            "connector": cls.manifest["name"], "name": f"{kind} shop", "credentials": credentials,
-            "settings": {"base_url": base, "safety_stock": "0", **settings}})
-        assert created.status_code == 201, created.text
-        here.connection_id = created.json()["id"]
-        await here.sync()
-        products = {p["remote_id"]: p for p in (await http.get(f"{here.base}/products?limit=200")).json()["data"]}
-        locations = {loc["remote_id"]: loc for loc in (await http.get(f"{here.base}/locations")).json()["data"]}
-        here.product = products["prod_003" if kind == "aipos" else "3"]
-        here.location = locations["store" if kind == "aipos" else "1"]
+        await here.connect(cls, {"base_url": base, "safety_stock": "0", **settings}, credentials)
         yield here
 
 

@@ -239,17 +239,8 @@ async def three_way(db: Any, tenant: tuple[str, str], *, stock: int = 30) -> Asy
         for kind, cls, vendor, wire, base, credentials in (
                 ("aipos", aipos_cls, aipos, aipos_wire, AIPOS_BASE, {"api_key": "aipos_test_sandbox_key"}),
                 ("apex", apex_cls, apex, apex_wire, APEX_BASE, {"api_key": "apx_sandbox_key"})):
-            here = World(kind, http, services, vendor, wire)
-            created = await http.post("/v1/connections", json={
-                "connector": cls.manifest["name"], "name": f"{kind} shop", "credentials": credentials,
-                "settings": {"base_url": base, "safety_stock": "0"}})
-            assert created.status_code == 201, created.text
-            here.connection_id = created.json()["id"]
-            await here.sync()
-            products = {p["remote_id"]: p for p in (await http.get(f"{here.base}/products?limit=200")).json()["data"]}
-            locations = {loc["remote_id"]: loc for loc in (await http.get(f"{here.base}/locations")).json()["data"]}
-            here.product = products["prod_003" if kind == "aipos" else "3"]
-            here.location = locations["store" if kind == "aipos" else "1"]
+            here = World(kind, http, services, vendor, wire, tenant_id=tenant[0])
+            await here.connect(cls, {"base_url": base, "safety_stock": "0"}, credentials)
             assert here.product["barcode"] == BARCODE
             worlds.append(here)
         await worlds[0].subscribe()
