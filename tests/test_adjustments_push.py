@@ -245,7 +245,7 @@ async def test_apex_an_outcome_that_cannot_be_told_fails_instead_of_applying_twi
         assert w.stock() == 26 and w.applications() == 1
         assert (await w.level())["on_hand"] == "26"
         new = await w.events(seq)
-        assert types(new) == ["inventory.updated", "adjustment.failed"], types(new)  # the till's sale is news
+        assert types(new) == ["adjustment.failed", "inventory.updated"], types(new)  # the till's sale is news
 
 
 @pytest.mark.parametrize("kind", VENDORS)
@@ -381,9 +381,29 @@ async def test_a_till_sale_the_cache_had_not_seen_is_not_swallowed_by_the_echo(m
         await w.drain()
         assert (await w.adjustment(accepted["id"]))["status"] == "applied" and w.stock() == 25
         new = await w.events(seq)
-        assert types(new) == ["inventory.updated", "adjustment.applied"], types(new)
-        assert (new[0]["data"]["on_hand"], new[0]["data"]["available"]) == ("25", "25")
+        assert types(new) == ["adjustment.applied", "inventory.updated"], types(new)
+        assert (new[1]["data"]["on_hand"], new[1]["data"]["available"]) == ("25", "25")
         assert [e["status"] for e in await w.journal(accepted["id"])] == ["void"]
+
+
+async def test_an_attempt_that_never_landed_does_not_hide_a_later_echo(make_world):
+    """AI POS down for a push of -2 (its journal entry stays open: the attempt reached no verdict);
+    a later +3 lands and is read back: that read-back is +3's echo, not an external change."""
+    async with make_world("aipos") as w:
+        w.wire.fail("POST", "/inventory/adjustments", "down", times=2)
+        waiting = await w.adjust("-2")
+        assert waiting.status_code == 202, waiting.text
+        await w.drain()
+        assert (await w.adjustment(waiting.json()["id"]))["status"] == "pending"
+        seq = await w.last_seq()
+        later = await w.adjust_applied("3")
+        assert types(await w.events(seq)) == ["adjustment.applied"]
+        assert [e["status"] for e in await w.journal(later["id"])] == ["matched"]
+        assert [e["status"] for e in await w.journal(waiting.json()["id"])] == ["open"]
+        await w.retry()  # the POS is back: -2 lands, and its read-back is an echo too
+        assert (await w.adjustment(waiting.json()["id"]))["status"] == "applied"
+        assert types(await w.events(seq)) == ["adjustment.applied", "adjustment.applied"]
+        assert w.stock() == 31 and (await w.level())["on_hand"] == "31"
 
 
 # -- the journal and the locks, directly -------------------------------------------------------------
@@ -393,6 +413,10 @@ def test_an_echo_is_explained_by_the_journaled_deltas_alone() -> None:
     assert journal.explained(cached, {**cached, "on_hand": "7.000", "available": "5"}, [-3000]) == 1
     assert journal.explained(cached, {**cached, "on_hand": "6", "available": "4"}, [-3000, -1000]) == 2  # both landed
     assert journal.explained(cached, {**cached, "on_hand": "7", "available": "5"}, [-3000, -1000]) == 1  # the first
+    # an entry left open by an attempt that never landed (the POS was down) is skipped
+    assert journal.explaining(cached, {**cached, "on_hand": "13", "available": "11"}, [-2000, 3000]) == (1,)
+    assert journal.explaining(cached, {**cached, "on_hand": "9", "available": "7"}, [-2000, 3000, -1000, 5000]) == (2,)
+    assert journal.explaining(cached, {**cached, "on_hand": "12", "available": "10"}, [-2000, 3000]) == ()
     assert journal.explained(cached, {**cached, "on_hand": "5", "available": "3"}, [-3000]) == 0  # plus a till sale
     assert journal.explained(cached, {**cached, "on_hand": "7", "available": "5", "low_stock_threshold": "5"},
                              [-3000]) == 0  # the threshold changed too

@@ -226,8 +226,8 @@ async def test_changing_safety_stock_recomputes_available_local(client, local_co
                                      "reason": "restock"})
     assert answer.status_code == 202, answer.text
     events = (await client.get("/v1/events", params={"after": after, "limit": 1000})).json()["data"]
-    assert types(events) == ["inventory.updated", "adjustment.applied"]
-    assert (events[0]["data"]["on_hand"], events[0]["data"]["available"]) == ("11", "3.5")
+    assert types(events) == ["adjustment.applied", "inventory.updated"]
+    assert (events[1]["data"]["on_hand"], events[1]["data"]["available"]) == ("11", "3.5")
 
 
 @pytest.mark.parametrize("kind", VENDORS)

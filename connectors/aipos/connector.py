@@ -868,11 +868,13 @@ class AIPOSConnector(RemoteConnector):
                 log.warning("aipos %s: the stock of %s read back cannot be mapped (%s)", self.context.id,
                             product["remote_id"], exc.detail)
         async with self.db.transaction(tenant_id) as uow:
+            # the verdict first: a level event the read-back emits comes after its adjustment.applied
+            settled = await adjustments.settle(uow, adjustment_id, "applied")
             if record is not None:
                 inventory_links.landed(uow, row, product["remote_id"])  # a link's write is not a new change
                 await self._upsert(uow, "inventory", record)
                 await journal.close(uow, adjustment_id)  # read back in another state: not this write's echo
-            return await adjustments.settle(uow, adjustment_id, "applied")
+            return settled
 
     # -- inbound webhooks --------------------------------------------------------------------------
     def verify_webhook(self, headers: Mapping[str, str], body: bytes, now: float) -> InboundEvent:

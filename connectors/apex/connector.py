@@ -475,27 +475,30 @@ class ApexConnector(RemoteConnector):
                 await self._clear_intent(row["id"])
                 continue
             async with self.db.transaction(self.context.tenant_id) as uow:
+                # the verdict first: a level event the count emits comes after its adjustment event
                 if quantity == target:  # the count includes the set: a link's write is not a new change
-                    inventory_links.landed(uow, dict(row), f"{product['remote_id']}:{location['remote_id']}")
-                await self._cache_level(uow, product, location, current)
-                if quantity == target:
-                    await journal.close(uow, row["id"])
                     await adjustments.settle(uow, row["id"], "applied", attempt=row["id"] == attempt_of)
+                    inventory_links.landed(uow, dict(row), f"{product['remote_id']}:{location['remote_id']}")
                 else:
                     await adjustments.settle(uow, row["id"], "failed", attempt=row["id"] == attempt_of,
                                              last_error=_outcome_unknown(before, target, quantity, None))
+                await self._cache_level(uow, product, location, current)
+                if quantity == target:
+                    await journal.close(uow, row["id"])
 
     async def _applied(self, adjustment_id: str, product: dict[str, Any], location: dict[str, Any],
                        current: dict[str, Any] | None, *, note: str | None = None) -> dict[str, Any]:
         """Settle ``applied``, caching the level read back (``None``: not read; the journal waits
         for the poll that brings it)."""
         async with self.db.transaction(self.context.tenant_id) as uow:
+            # the verdict first: a level event the read-back emits comes after its adjustment.applied
+            settled = await adjustments.settle(uow, adjustment_id, "applied", last_error=note)
             if current is not None:
                 row = await adjustments.load(uow.conn, self.context.id, adjustment_id)
                 inventory_links.landed(uow, row, f"{product['remote_id']}:{location['remote_id']}")
                 await self._cache_level(uow, product, location, current)
                 await journal.close(uow, adjustment_id)  # read back in another state: not this write's echo
-            return await adjustments.settle(uow, adjustment_id, "applied", last_error=note)
+            return settled
 
     async def _clear_intent(self, adjustment_id: str) -> None:
         """The set recorded for ``adjustment_id`` did not land: forget it (and void its journal entry)."""

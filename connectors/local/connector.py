@@ -941,7 +941,8 @@ class LocalConnector(Connector):
         ``applied``, attempts 1).
 
         Writes an ``adjustments`` row and a movement with the adjustment's reason and reference;
-        emits ``inventory.updated`` (+ ``inventory.low``) and ``adjustment.applied``.
+        emits ``adjustment.applied``, then the level it leads to (``inventory.updated``, +
+        ``inventory.low``).
 
         Raises:
             ValidationFailed: unknown product/SKU/variant/location, product not tracked.
@@ -970,9 +971,9 @@ class LocalConnector(Connector):
             }
             await conn.execute(insert(t.adjustments).values(**values))
             await self._movement(uow, level, delta, row.on_hand_milli, body.reason, reference=body.reference, adjustment_id=adjustment_id)
-            await self._write_inventory(uow, level, row.on_hand_milli, row.low_stock_threshold_milli)
             adjustment = render_adjustment(_Row(values))
-            uow.emit("adjustment.applied", self.context.id, adjustment, ["status", "applied_at"])
+            uow.emit("adjustment.applied", self.context.id, adjustment, ["status", "applied_at"])  # before its level
+            await self._write_inventory(uow, level, row.on_hand_milli, row.low_stock_threshold_milli)
             return adjustment
 
     async def push_adjustment(self, adjustment_id: str, *, final: bool = False) -> dict[str, Any]:
@@ -1007,9 +1008,10 @@ class LocalConnector(Connector):
                     f"{row['location_id']} for a delta of {adjustments.milli_to_str(row['delta_milli'])}"))
             await self._movement(uow, level, row["delta_milli"], after.on_hand_milli, row["reason"],
                                  reference=row["reference"], adjustment_id=adjustment_id)
+            settled = await adjustments.settle(uow, adjustment_id, "applied")  # before the level event it leads to
             inventory_links.landed(uow, row, inventory_remote_id(level.product_id, level.variant_id, level.location_id))
             await self._write_inventory(uow, level, after.on_hand_milli, after.low_stock_threshold_milli)
-            return await adjustments.settle(uow, adjustment_id, "applied")
+            return settled
 
     async def _tracked_level(self, conn: Any, product: dict[str, Any], variant: dict[str, Any] | None, location_id: str) -> Any:
         if not product.get("track_inventory"):

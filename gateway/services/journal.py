@@ -20,8 +20,9 @@ How (``write_journal``, one entry per adjustment and stock level):
   about to *update* (an existing record whose content changed) to :func:`absorb`. A report is an
   echo when its ``on_hand`` equals the cached ``on_hand`` plus the deltas of the record's open,
   unexpired entries taken oldest first (one entry, or the first two, ...: pushes of a stock row
-  land one at a time, in that order), and no field but ``on_hand`` and ``available`` (derived
-  from it) changed. So the report is explained by the gateway's writes alone. A level that also
+  land one at a time, in that order; failing that, a subset, since a push attempt that reached no
+  verdict leaves an entry open that may never land: :func:`explaining`), and no field but
+  ``on_hand`` and ``available`` (derived from it) changed. So the report is explained by the gateway's writes alone. A level that also
   carries a sale at the till since the last report (the cache was behind), a new threshold, or
   any other change is a genuine change and emits ``inventory.updated`` as usual, with the new
   ``on_hand`` and ``available``: consumers never miss a POS-side change folded into an echo.
@@ -42,6 +43,7 @@ exactly the journaled delta with nothing else in between would be taken for the 
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -91,23 +93,46 @@ def _same(a: Any, b: Any) -> bool:
     return da is not None and db is not None and da == db
 
 
-def explained(cached: dict[str, Any], incoming: dict[str, Any], deltas_milli: list[int]) -> int:
-    """How many of ``deltas_milli`` (a stock level's open entries, oldest first) explain the
-    change from ``cached`` to ``incoming`` (entity fields, quantities as decimal strings): the
-    largest ``k`` such that ``incoming.on_hand == cached.on_hand + sum(deltas[:k]) / 1000`` and no
-    field but ``on_hand`` and ``available`` differs; 0 when none does (a genuine change)."""
+#: Most open entries of one level searched as subsets (beyond it only prefixes are tried).
+MAX_SUBSET_ENTRIES = 12
+
+
+def explaining(cached: dict[str, Any], incoming: dict[str, Any], deltas_milli: list[int]) -> tuple[int, ...]:
+    """Which of ``deltas_milli`` (a stock level's open entries, oldest first) explain the change
+    from ``cached`` to ``incoming`` (entity fields, quantities as decimal strings): indexes of
+    entries whose deltas sum to ``incoming.on_hand - cached.on_hand`` (thousandths), when no field
+    but ``on_hand`` and ``available`` differs; ``()`` when none does (a genuine change).
+
+    The longest prefix that explains it wins (pushes of a row land one at a time, in order). When
+    no prefix does, an entry may be skipped: a push attempt that reached no verdict (the POS was
+    down) leaves its entry open although it did not land, and a later push's echo must still be
+    recognised. Then the largest subset wins, the oldest entries first on a tie (searched among
+    the first :data:`MAX_SUBSET_ENTRIES` entries)."""
     for key in set(cached) | set(incoming):
         if key != QUANTITY and key not in DERIVED and not _same(incoming.get(key), cached.get(key)):
-            return 0
+            return ()
     before, after = _decimal(cached.get(QUANTITY)), _decimal(incoming.get(QUANTITY))
     if before is None or after is None:
-        return 0
-    running, best = before * 1000, 0
+        return ()
+    wanted = (after - before) * 1000
+    running, best = 0, 0
     for k, delta in enumerate(deltas_milli, start=1):
         running += delta
-        if running == after * 1000:
+        if running == wanted:
             best = k
-    return best
+    if best:
+        return tuple(range(best))
+    candidates = deltas_milli[:MAX_SUBSET_ENTRIES]
+    for size in range(len(candidates), 0, -1):
+        for chosen in itertools.combinations(range(len(candidates)), size):  # lexicographic: oldest first
+            if sum(candidates[i] for i in chosen) == wanted:
+                return chosen
+    return ()
+
+
+def explained(cached: dict[str, Any], incoming: dict[str, Any], deltas_milli: list[int]) -> int:
+    """How many of ``deltas_milli`` explain the change (see :func:`explaining`); 0: a genuine change."""
+    return len(explaining(cached, incoming, deltas_milli))
 
 
 async def expect(uow: UnitOfWork, *, connection_id: str, remote_id: str, delta_milli: int, adjustment_id: str,
@@ -178,10 +203,10 @@ async def absorb(uow: UnitOfWork, *, connection_id: str, entity: str,
     for remote_id, open_entries in entries.items():
         open_entries.sort(key=lambda e: (e.created_at, e.id))
         cached, incoming = updates[remote_id]
-        k = explained(cached, incoming, [e.delta_milli for e in open_entries])
-        if k:
-            echoes[remote_id] = [(e.adjustment_id, e.delta_milli) for e in open_entries[:k]]
-            used += [e.id for e in open_entries[:k]]
+        chosen = [open_entries[i] for i in explaining(cached, incoming, [e.delta_milli for e in open_entries])]
+        if chosen:
+            echoes[remote_id] = [(e.adjustment_id, e.delta_milli) for e in chosen]
+            used += [e.id for e in chosen]
     if used:
         await uow.conn.execute(update(t.write_journal).where(t.write_journal.c.id.in_(used))
                                .values(status="matched", matched_at=now))
