@@ -298,14 +298,17 @@ async def test_aipos_webhook_echo_of_the_gateways_write_is_silent_and_a_pos_sale
         assert {"on_hand", "available"} <= set(updates[0]["changed"])
 
 
-async def test_aipos_poll_echo_of_the_gateways_write_is_silent(make_world):
+async def test_aipos_a_failed_read_back_caches_the_level_the_answer_tells_and_the_poll_is_silent(make_world):
+    """The read-back after the write times out: the vendor's answer (``quantity`` after,
+    ``created_at``) is the level the write landed in, cached silently with that version; the
+    poll that brings the same level later changes nothing."""
     async with make_world("aipos", safety_stock="2") as w:  # no webhooks: the poll brings the level
         seq = await w.last_seq()
         read_back = w.wire.fail("GET", "/inventory", "timeout", times=2, query="product_id=prod_003")
         accepted = (await w.adjust("6")).json()
         await w.drain()
         assert (await w.adjustment(accepted["id"]))["status"] == "applied" and read_back.times == 0
-        assert (await w.level())["on_hand"] == "30"
+        assert (await w.level())["on_hand"] == "36"
         await w.sync("incremental", ["inventory"])
         level = await w.level()
         assert (level["on_hand"], level["available"]) == ("36", "34")
@@ -342,9 +345,11 @@ async def test_aipos_an_echo_processed_before_the_push_records_its_outcome_is_si
 
 
 async def test_apex_poll_echo_of_the_gateways_write_is_silent_and_a_pos_change_is_not(make_world):
+    """The read-back after the set fails: the answered set is the level (Apex sets absolutely),
+    cached silently with the time it was sent as its version; the poll that brings the same level
+    changes nothing, and a count at the POS afterwards is news."""
     async with make_world("apex", safety_stock="1") as w:
         seq = await w.last_seq()
-        # the read-back after the set fails: the next poll brings the level
         rule = w.wire.fail("PATCH", "/inventory/3", "hold")
 
         async def fail_the_read_back() -> None:
@@ -354,7 +359,7 @@ async def test_apex_poll_echo_of_the_gateways_write_is_silent_and_a_pos_change_i
         accepted = (await w.adjust("4")).json()
         await w.drain()
         assert (await w.adjustment(accepted["id"]))["status"] == "applied" and w.stock() == 34
-        assert (await w.level())["on_hand"] == "30"
+        assert (await w.level())["on_hand"] == "34"
         await w.sync("full", ["inventory"])
         level = await w.level()
         assert (level["on_hand"], level["available"]) == ("34", "33")

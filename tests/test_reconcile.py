@@ -78,38 +78,43 @@ async def test_a_change_behind_the_gateways_back_is_one_drift_and_the_cache_is_c
 @pytest.mark.parametrize("till_sale", [False, True])
 @pytest.mark.parametrize("kind", VENDORS)
 async def test_a_gateway_adjustment_whose_echo_has_not_come_back_is_not_drift(make_world, kind, till_sale):
-    """The count sees the gateway's +6 before its read-back did: an echo (no event). With a till
-    sale folded in, the level is news, but the gateway's write is in flight: ``inventory.updated``
-    as a poll would say, not drift."""
+    """The write landed but its answer was lost (and, on Apex, the look after it timed out): the
+    adjustment is pending, its journal entry open, the POS at 36, the cache at 30. The count sees
+    the gateway's +6 first: an echo (no event). With a till sale folded in, the level is news, but
+    the gateway's write is in flight: ``inventory.updated`` as a poll would say, not drift."""
     async with make_world(kind) as w:
         seq = await w.last_seq()
-        # the read-back after the write times out: the cache still shows 30, the POS 36
-        read_back = Rule("GET", "/inventory", "timeout", query="product_id=prod_003" if kind == "aipos" else "warehouse_id=1",
-                         times=2)
-        if kind == "aipos":
-            w.wire.rules.append(read_back)
-        else:  # Apex reads the count before its set: arm the timeouts once the set went through
-            w.wire.rules.append(Rule("PATCH", "/inventory/3", "pass",
-                                        on_fire=lambda: w.wire.rules.append(read_back)))
-        adjustment = await w.adjust_applied("6")
-        assert read_back.times == 0 and w.stock() == 36
+        if kind == "aipos":  # the write lands, its answer is lost, and the client's retries time out
+            w.wire.rules.append(Rule("POST", "/inventory/adjustments", "lose", on_fire=lambda: w.wire.rules.append(
+                Rule("POST", "/inventory/adjustments", "timeout", times=100))))
+        else:  # the set lands, its answer is lost, and the looks that would tell time out
+            w.wire.rules.append(Rule("PATCH", "/inventory/3", "lose", on_fire=lambda: w.wire.rules.append(
+                Rule("GET", "/inventory", "timeout", query="warehouse_id=1", times=100))))
+        adjustment = (await w.adjust("6")).json()
+        await w.drain()
+        assert (await w.adjustment(adjustment["id"]))["status"] == "pending" and w.stock() == 36
         assert (await w.level())["on_hand"] == "30"
-        async with w.db.read() as conn:
-            assert [e["status"] for e in await journal.entries_of(conn, adjustment["id"])] == ["open"]
+        assert [e["status"] for e in await w.journal(adjustment["id"])] == ["open"]
 
         if till_sale:
             w.set_stock(34)
         await w.reconcile()
         new = await w.events(seq)
         if till_sale:
-            assert types(new) == ["adjustment.applied", "inventory.updated"], types(new)
-            assert new[1]["data"]["on_hand"] == "34" and "previous_on_hand" not in new[1]["data"]
+            assert types(new) == ["inventory.updated"], types(new)
+            assert new[0]["data"]["on_hand"] == "34" and "previous_on_hand" not in new[0]["data"]
         else:
-            assert types(new) == ["adjustment.applied"]  # no drift, no inventory.updated
+            assert types(new) == []  # no drift, no inventory.updated
         assert (await w.level())["on_hand"] == ("34" if till_sale else "36")
-        async with w.db.read() as conn:
-            assert [e["status"] for e in await journal.entries_of(conn, adjustment["id"])] == \
-                [("open" if till_sale else "matched")]
+        assert [e["status"] for e in await w.journal(adjustment["id"])] == [("open" if till_sale else "matched")]
+
+        w.wire.rules.clear()
+        await w.retry()  # the retry finds out: AI POS replays the answer; Apex counts
+        status = (await w.adjustment(adjustment["id"]))["status"]
+        # Apex cannot tell a landed set once the till also moved the stock (connectors/apex/README.md)
+        assert status == ("failed" if kind == "apex" and till_sale else "applied")
+        assert types(await w.events(seq))[-1] == f"adjustment.{status}"
+        assert (await w.level())["on_hand"] == ("34" if till_sale else "36") and w.stock() == (34 if till_sale else 36)
 
 
 async def test_the_scheduler_queues_a_count_every_reconcile_interval(make_world):

@@ -512,6 +512,25 @@ class AIPOSConnector(RemoteConnector):
             raise VendorError("AI POS GET /inventory did not answer a list", vendor=VENDOR, code="vendor_invalid_response")
         return next((row for row in data if isinstance(row, dict) and row.get("product_id") == product_remote_id), None)
 
+    async def _level_after(self, answer: Any, product: dict[str, Any]) -> dict[str, Any] | None:
+        """The inventory level right after an adjustment, from its answer (API.md: ``quantity``
+        after, ``created_at``, the level's ``updated_at`` for that change) and the cached level's
+        other fields; ``None`` when either is missing. Used when the read-back after the write
+        fails: the level it caches is the state the write landed in, with the write's own version,
+        so a report read before the write (a held webhook, a slow poll) is older and cannot
+        overwrite it."""
+        if not isinstance(answer, dict) or not isinstance(answer.get("quantity"), int) \
+                or not isinstance(answer.get("created_at"), str) or answer.get("product_id") != product["remote_id"]:
+            return None
+        async with self.db.read() as conn:
+            cached = await records.load_by_remote_id(conn, connection_id=self.context.id, entity="inventory",
+                                                     remote_id=product["remote_id"])
+        threshold = None if cached is None else cached.get("low_stock_threshold")
+        if threshold is None:
+            return None
+        return {"object": "inventory_level", "product_id": product["remote_id"], "quantity": answer["quantity"],
+                "low_stock_threshold": int(Decimal(str(threshold))), "updated_at": answer["created_at"]}
+
     async def _live(self, entity: str, record_id: str) -> dict[str, Any] | None:
         async with self.db.read() as conn:
             return await records.load(conn, connection_id=self.context.id, entity=entity, record_id=record_id,
@@ -847,7 +866,7 @@ class AIPOSConnector(RemoteConnector):
         level = None
         async with self._session() as client:
             try:
-                await self._post(client, "/inventory/adjustments", vendor_body, f"tillgate-{adjustment_id}")
+                answer = await self._post(client, "/inventory/adjustments", vendor_body, f"tillgate-{adjustment_id}")
             except VendorError as exc:
                 if _vendor_code(exc) == "insufficient_stock":
                     return await adjustments.not_applied(
@@ -857,8 +876,9 @@ class AIPOSConnector(RemoteConnector):
                                                      fatal=not exc.retryable, final=final)
             try:
                 level = await self._level(client, product["remote_id"])
-            except VendorError as exc:  # applied; the journal waits for the webhook or poll that brings it
+            except VendorError as exc:  # applied: the answer tells the level right after the write
                 log.info("aipos %s: could not re-read the stock of %s (%s)", self.context.id, product["remote_id"], exc.code)
+                level = await self._level_after(answer, product)
         record = None
         if level is not None:
             maps = {"products": {product["remote_id"]: product["id"]}, "locations": {STORE_ID: row["location_id"]}}

@@ -44,6 +44,22 @@ FIND_MAX_PAGES = 50
 _MAPPINGS = load_connector_mappings("apex")
 
 
+class StockRow(dict):
+    """One row of ``GET /inventory`` (API.md: ``{"product_id", "warehouse_id", "warehouse_name",
+    "quantity"}``) with ``read_at``: when the gateway sent the request that read it (UTC).
+
+    Apex stock rows carry no modification time, so the read time is the row's version: it becomes
+    the cached level's ``remote_updated_at``, and a level read before another already cached (a
+    poll or count that listed the stock before a push, stored after the push's read-back) is
+    stale and changes nothing (:func:`gateway.services.records.upsert_many`)."""
+
+    read_at: datetime
+
+    def __init__(self, row: dict[str, Any], read_at: datetime) -> None:
+        super().__init__(row)
+        self.read_at = read_at
+
+
 def _invalid(loc: tuple[str, ...], msg: str, type_: str, *, code: str | None = None) -> ValidationFailed:
     return ValidationFailed(msg, code=code, errors=[{"loc": list(loc), "msg": msg, "type": type_}])
 
@@ -85,7 +101,8 @@ class ApexConnector(RemoteConnector):
         elif entity == "orders" and isinstance(raw.get("date"), str):
             with contextlib.suppress(ValueError):
                 created_at = datetime.fromisoformat(raw["date"].replace("Z", "+00:00")).astimezone(UTC)
-        return RemoteRecord(remote_id=remote_id, body=body, raw=raw, created_at=created_at)
+        return RemoteRecord(remote_id=remote_id, body=body, raw=raw, created_at=created_at,
+                            remote_updated_at=raw.read_at if isinstance(raw, StockRow) else None)
 
     # -- reads -------------------------------------------------------------------------------------
     def _pager(self) -> PageNumberPaginator:
@@ -134,13 +151,20 @@ class ApexConnector(RemoteConnector):
         ctx = self._ctx()
         yield Page([self._record("categories", {"category_id": cid, "name": f"Category {cid}"}, ctx) for cid in seen], None)
 
-    async def _inventory_rows(self, client: VendorClient, warehouse_id: int | None = None) -> list[dict[str, Any]]:
+    async def _inventory_rows(self, client: VendorClient, warehouse_id: int | None = None) -> list[Any]:
+        """``GET /inventory`` (``?warehouse_id=``): its rows, each object a :class:`StockRow`
+        stamped with the time the request was sent.
+
+        Raises:
+            VendorError: the request failed, or ``vendor_invalid_response`` when ``data`` is not a list.
+        """
         params = {} if warehouse_id is None else {"warehouse_id": warehouse_id}
+        read_at = jsonutil.utcnow()
         body = await client.json("GET", "/inventory", params=params)
         rows = body.get("data") if isinstance(body, dict) else None
         if not isinstance(rows, list):
             raise VendorError("Apex /inventory: data is not a list", vendor="apex", code="vendor_invalid_response")
-        return rows
+        return [StockRow(row, read_at) if isinstance(row, dict) else row for row in rows]
 
     async def _fetch_locations(self, client: VendorClient, checkpoint: dict[str, Any] | None) -> AsyncIterator[Page]:
         warehouses: dict[Any, dict[str, Any]] = {}
@@ -216,7 +240,8 @@ class ApexConnector(RemoteConnector):
 
     async def _upsert(self, uow: UnitOfWork, entity: str, record: RemoteRecord) -> records.UpsertResult:
         return await records.upsert(uow, connection_id=self.context.id, entity=entity, remote_id=record.remote_id,
-                                    body=record.body, raw=record.raw, created_at=record.created_at)
+                                    body=record.body, raw=record.raw, created_at=record.created_at,
+                                    remote_updated_at=record.remote_updated_at)
 
     async def _live(self, entity: str, record_id: str) -> dict[str, Any] | None:
         async with self.db.read() as conn:
@@ -413,6 +438,7 @@ class ApexConnector(RemoteConnector):
                 await journal.expect(uow, connection_id=self.context.id, remote_id=f"{pid}:{wid}",
                                      delta_milli=delta * 1000, adjustment_id=adjustment_id,
                                      ttl=journal.window(self.settings))
+            set_at = jsonutil.utcnow()
             try:
                 await self._set_stock(client, pid, wid, target, notes)
             except VendorError as exc:
@@ -420,9 +446,10 @@ class ApexConnector(RemoteConnector):
                                                   final=final)
             try:
                 current = await self._read_stock(client, pid, wid)
-            except VendorError as exc:  # the set was answered: it landed; the next poll brings the level
+            except VendorError as exc:  # the set was answered: it landed, and set the quantity to target
                 log.info("apex %s: could not read back the stock of %s:%s (%s)", self.context.id, pid, wid, exc.code)
-                return await self._applied(adjustment_id, product, location, None)
+                landed = StockRow({**current, "quantity": target}, set_at)  # a read older than the set is stale
+                return await self._applied(adjustment_id, product, location, landed)
             after = int(current["quantity"])
             if after == target:
                 return await self._applied(adjustment_id, product, location, current)

@@ -18,11 +18,15 @@ How (``write_journal``, one entry per adjustment and stock level):
 - **Match by value, relative to what consumers were told.** Every cache write of an inventory
   record goes through :func:`gateway.services.records.upsert_many`, which hands the records it is
   about to *update* (an existing record whose content changed) to :func:`absorb`. A report is an
-  echo when its ``on_hand`` equals the cached ``on_hand`` plus the deltas of the record's open,
-  unexpired entries taken oldest first (one entry, or the first two, ...: pushes of a stock row
-  land one at a time, in that order; failing that, a subset, since a push attempt that reached no
-  verdict leaves an entry open that may never land: :func:`explaining`), and no field but
-  ``on_hand`` and ``available`` (derived from it) changed. So the report is explained by the gateway's writes alone. A level that also
+  echo when its ``on_hand`` equals the cached ``on_hand`` plus the deltas of some of the record's
+  open, unexpired entries, and no field but
+  ``on_hand`` and ``available`` (derived from it) changed. Which entries: the explanation that
+  assumes the fewest writes of unknown outcome (:func:`explaining`): the writes known to have
+  landed (their adjustment is ``applied``) are taken first, oldest first, since pushes of a stock
+  row land one at a time, in order; writes still pending (in flight, or an attempt that got no
+  answer while the POS was down) may never land, and taking one for another write's echo would
+  consume its entry and let its own echo through later. So the report is explained by the
+  gateway's writes alone. A level that also
   carries a sale at the till since the last report (the cache was behind), a new threshold, or
   any other change is a genuine change and emits ``inventory.updated`` as usual, with the new
   ``on_hand`` and ``available``: consumers never miss a POS-side change folded into an echo.
@@ -44,7 +48,7 @@ exactly the journaled delta with nothing else in between would be taken for the 
 from __future__ import annotations
 
 import itertools
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -93,21 +97,30 @@ def _same(a: Any, b: Any) -> bool:
     return da is not None and db is not None and da == db
 
 
-#: Most open entries of one level searched as subsets (beyond it only prefixes are tried).
+#: Most open entries of one level whose outcome is unknown that are searched as subsets.
 MAX_SUBSET_ENTRIES = 12
 
 
-def explaining(cached: dict[str, Any], incoming: dict[str, Any], deltas_milli: list[int]) -> tuple[int, ...]:
+def explaining(cached: dict[str, Any], incoming: dict[str, Any], deltas_milli: list[int],
+               landed: frozenset[int] | set[int] = frozenset(), required: int = 0) -> tuple[int, ...]:
     """Which of ``deltas_milli`` (a stock level's open entries, oldest first) explain the change
     from ``cached`` to ``incoming`` (entity fields, quantities as decimal strings): indexes of
     entries whose deltas sum to ``incoming.on_hand - cached.on_hand`` (thousandths), when no field
     but ``on_hand`` and ``available`` differs; ``()`` when none does (a genuine change).
 
-    The longest prefix that explains it wins (pushes of a row land one at a time, in order). When
-    no prefix does, an entry may be skipped: a push attempt that reached no verdict (the POS was
-    down) leaves its entry open although it did not land, and a later push's echo must still be
-    recognised. Then the largest subset wins, the oldest entries first on a tie (searched among
-    the first :data:`MAX_SUBSET_ENTRIES` entries)."""
+    ``landed``: the indexes of entries whose write is known to have reached the POS (their
+    adjustment is ``applied``: the push being recorded, or one whose read-back failed); the others
+    are writes whose outcome is not known yet (in flight, or an attempt that got no answer while
+    the POS was down), which may never land. ``required``: how many of the landed entries, oldest
+    first, landed before the report was read, so the report includes them.
+
+    The explanation that assumes the fewest writes of unknown outcome wins: a report is explained
+    by the writes known to have landed before it is put down to writes that may never have
+    happened (taking those would consume their entries, and their own echo would later come back
+    as news). Among landed entries a prefix is taken (at least the ``required`` ones), the longest
+    first (pushes of a row land one at a time, in order); entries of unknown outcome are taken as
+    a subset, oldest first on a tie, among the first :data:`MAX_SUBSET_ENTRIES` of them.
+    """
     for key in set(cached) | set(incoming):
         if key != QUANTITY and key not in DERIVED and not _same(incoming.get(key), cached.get(key)):
             return ()
@@ -115,24 +128,22 @@ def explaining(cached: dict[str, Any], incoming: dict[str, Any], deltas_milli: l
     if before is None or after is None:
         return ()
     wanted = (after - before) * 1000
-    running, best = 0, 0
-    for k, delta in enumerate(deltas_milli, start=1):
-        running += delta
-        if running == wanted:
-            best = k
-    if best:
-        return tuple(range(best))
-    candidates = deltas_milli[:MAX_SUBSET_ENTRIES]
-    for size in range(len(candidates), 0, -1):
-        for chosen in itertools.combinations(range(len(candidates)), size):  # lexicographic: oldest first
-            if sum(candidates[i] for i in chosen) == wanted:
-                return chosen
+    known = [i for i in range(len(deltas_milli)) if i in landed]
+    unknown = [i for i in range(len(deltas_milli)) if i not in landed][:MAX_SUBSET_ENTRIES]
+    prefix_sums = list(itertools.accumulate((deltas_milli[i] for i in known), initial=0))
+    for size in range(len(unknown) + 1):
+        for chosen in itertools.combinations(unknown, size):  # lexicographic: oldest first
+            rest = wanted - sum(deltas_milli[i] for i in chosen)
+            for k in range(len(known), min(required, len(known)) - 1, -1):
+                if prefix_sums[k] == rest and (k or size):
+                    return tuple(sorted(known[:k] + list(chosen)))
     return ()
 
 
-def explained(cached: dict[str, Any], incoming: dict[str, Any], deltas_milli: list[int]) -> int:
+def explained(cached: dict[str, Any], incoming: dict[str, Any], deltas_milli: list[int],
+              landed: frozenset[int] | set[int] = frozenset()) -> int:
     """How many of ``deltas_milli`` explain the change (see :func:`explaining`); 0: a genuine change."""
-    return len(explaining(cached, incoming, deltas_milli))
+    return len(explaining(cached, incoming, deltas_milli, landed))
 
 
 async def expect(uow: UnitOfWork, *, connection_id: str, remote_id: str, delta_milli: int, adjustment_id: str,
@@ -171,13 +182,19 @@ async def close(uow: UnitOfWork, adjustment_id: str) -> None:
 
 
 async def absorb(uow: UnitOfWork, *, connection_id: str, entity: str,
-                 updates: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, list[tuple[str | None, int]]]:
+                 updates: dict[str, tuple[dict[str, Any], dict[str, Any], datetime | None]],
+                 ) -> dict[str, list[tuple[str | None, int]]]:
     """Which of the record updates about to be written are echoes of the gateway's own writes
     (see the module docstring for the rule).
 
     Args:
-        updates: remote id -> (cached entity fields, incoming entity fields) of records whose
-            content changed (JSON types: quantities as decimal strings).
+        updates: remote id -> (cached entity fields, incoming entity fields, the report's
+            ``remote_updated_at``) of records whose content changed (JSON types: quantities as
+            decimal strings). An entry whose adjustment was ``applied`` at or before that version
+            (both in the gateway's clock for Apex, whose rows are stamped with their read time;
+            the vendor's for AI POS) is in the report: it must be part of the explanation, and a
+            report that is a genuine change consumes it too (``void``: the level consumers are
+            told of includes it), so it never stays open to be taken for a later write's echo.
 
     Returns:
         the remote ids that are echoes (write them without an event), each with the
@@ -192,7 +209,9 @@ async def absorb(uow: UnitOfWork, *, connection_id: str, entity: str,
     for start in range(0, len(remote_ids), 500):
         rows = (await uow.conn.execute(select(
             t.write_journal.c.id, t.write_journal.c.remote_id, t.write_journal.c.delta_milli,
-            t.write_journal.c.adjustment_id, t.write_journal.c.created_at).where(
+            t.write_journal.c.adjustment_id, t.write_journal.c.created_at,
+            (t.adjustments.c.status == "applied").label("landed"), t.adjustments.c.applied_at).select_from(t.write_journal.outerjoin(
+                t.adjustments, t.adjustments.c.id == t.write_journal.c.adjustment_id)).where(
             t.write_journal.c.connection_id == connection_id, t.write_journal.c.entity == entity,
             t.write_journal.c.remote_id.in_(remote_ids[start:start + 500]), t.write_journal.c.status == "open",
             t.write_journal.c.expires_at > now))).all()
@@ -200,17 +219,36 @@ async def absorb(uow: UnitOfWork, *, connection_id: str, entity: str,
             entries.setdefault(row.remote_id, []).append(row)
     echoes: dict[str, list[tuple[str | None, int]]] = {}
     used: list[str] = []
+    included: list[str] = []
     for remote_id, open_entries in entries.items():
         open_entries.sort(key=lambda e: (e.created_at, e.id))
-        cached, incoming = updates[remote_id]
-        chosen = [open_entries[i] for i in explaining(cached, incoming, [e.delta_milli for e in open_entries])]
+        cached, incoming, version = updates[remote_id]
+        landed = [e for e in open_entries if e.landed]
+        required = 0
+        if version is not None:
+            for n, e in enumerate(landed, start=1):
+                if e.applied_at is not None and _aware(e.applied_at) <= _aware(version):
+                    required = n
+        chosen = [open_entries[i] for i in explaining(
+            cached, incoming, [e.delta_milli for e in open_entries],
+            {i for i, e in enumerate(open_entries) if e.landed}, required)]
         if chosen:
             echoes[remote_id] = [(e.adjustment_id, e.delta_milli) for e in chosen]
             used += [e.id for e in chosen]
+        else:
+            included += [e.id for e in landed[:required]]
     if used:
         await uow.conn.execute(update(t.write_journal).where(t.write_journal.c.id.in_(used))
                                .values(status="matched", matched_at=now))
+    if included:
+        await uow.conn.execute(update(t.write_journal).where(t.write_journal.c.id.in_(included))
+                               .values(status="void"))
     return echoes
+
+
+def _aware(moment: datetime) -> datetime:
+    """``moment`` as an aware UTC datetime (SQLite hands back naive ones)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 async def open_remote_ids(uow: UnitOfWork, *, connection_id: str, entity: str, remote_ids: list[str]) -> set[str]:

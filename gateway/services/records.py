@@ -129,7 +129,8 @@ _SELECT_BY_REMOTE_IDS = select(t.records).where(
     t.records.c.entity == bindparam("b_entity"),
     t.records.c.remote_id.in_(bindparam("b_remote_ids", expanding=True)),
 )
-_SELECT_FOR_UPDATE = _SELECT_BY_REMOTE_IDS.with_for_update()
+#: Locks the rows in id order, so two batches locking overlapping rows cannot deadlock.
+_SELECT_FOR_UPDATE = _SELECT_BY_REMOTE_IDS.order_by(t.records.c.id).with_for_update()
 _INSERT = insert(t.records)
 _UPDATE = update(t.records).where(t.records.c.id == bindparam("b_id")).values(
     data=bindparam("b_data"), raw=bindparam("b_raw"), sku=bindparam("b_sku"), content_hash=bindparam("b_hash"),
@@ -244,6 +245,8 @@ async def upsert_many(
             ``on_hand`` of a cached level is reported as ``inventory.drift`` (inventory only).
         journaled: ``False`` when the items are not a report from the POS (a recompute of derived
             fields): the write journal is not consulted, so no entry is taken for their echo.
+        lock: lock the stored rows (``FOR UPDATE`` on PostgreSQL, in id order) before comparing;
+            always done for journaled inventory reports.
     """
     prepared = []
     for item in items:
@@ -254,6 +257,10 @@ async def upsert_many(
         prepared.append((item, body, content_hash(body)))
     stored: dict[str, dict[str, Any]] = {}
     remote_ids = list(dict.fromkeys(item.remote_id for item in items))
+    # A journaled entity's echo check reads the cached row and the open journal entries: two
+    # reports of one level checked at once (a push's read-back, a poll) would both judge against
+    # the same cached value. PostgreSQL takes the rows' locks (SQLite has one writer anyway).
+    lock = lock or (journaled and entity in journal.ENTITIES)
     query = _SELECT_FOR_UPDATE if lock and uow.dialect == "postgresql" else _SELECT_BY_REMOTE_IDS
     for start in range(0, len(remote_ids), 500):
         params = {"b_connection": connection_id, "b_entity": entity, "b_remote_ids": remote_ids[start:start + 500]}
@@ -267,7 +274,7 @@ async def upsert_many(
                                                   remote_ids=[rid for rid in remote_ids if rid in stored])
     if journaled and entity in journal.ENTITIES:  # the gateway's own writes coming back are not external changes
         echoes = await journal.absorb(uow, connection_id=connection_id, entity=entity, updates={
-            item.remote_id: (_body_of(jsonutil.loads(stored[item.remote_id]["data"])), body)
+            item.remote_id: (_body_of(jsonutil.loads(stored[item.remote_id]["data"])), body, item.remote_updated_at)
             for item, body, digest in prepared
             if item.remote_id in stored and stored[item.remote_id]["content_hash"] != digest
             and stored[item.remote_id]["deleted_at"] is None and not _older(item, stored[item.remote_id])})
