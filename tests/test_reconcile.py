@@ -28,7 +28,6 @@ from sqlalchemy import select, update
 
 from gateway import jsonutil
 from gateway.model import Event, InventoryLevel
-from gateway.services import journal
 from gateway.storage import tables as t
 from gateway.workers.scheduler import schedule_polls
 
