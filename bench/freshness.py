@@ -30,13 +30,10 @@ starts it); then the consumer's endpoint. ``BENCH_WARMUP`` (2) seconds of sales 
 go first and are left out of the figures.
 
 The sandbox is AI POS's (``connectors/aipos/sandbox.py``, 50 synthetic products) served by
-``gateway.testing.sandbox.run`` in its own process, as ``tillgate sandbox aipos`` serves it, with two
-differences the output states: its rate limit (AI POS's documented 1,000 requests a minute per
-key; 50 sales/s is 3,000) is off, and its webhooks go through one pooled
-``httpx.AsyncHTTPTransport`` (``webhook_transport``): as shipped, the sandbox builds a new
-``httpx.AsyncClient`` for every attempt, which costs tens of milliseconds of CPU each (a new TLS
-context) and makes the simulated vendor, not the gateway, the bottleneck at 50/s.
-``BENCH_SANDBOX_POOLED=0`` runs the sandbox's own per-attempt clients instead.
+``gateway.testing.sandbox.run`` in its own process, as ``tillgate sandbox aipos`` serves it, with one
+difference the output states: its rate limit (AI POS's documented 1,000 requests a minute per
+key; 50 sales/s is 3,000) is off. Its webhooks go out as shipped: one keep-alive
+``httpx.AsyncClient``, first attempts to one URL one after the other.
 
 No floor (DESIGN.md: n/a). Printed as context: where the time goes, from timestamps the pieces
 record themselves (the sandbox's sale ``created_at`` and its delivery log, the gateway's
@@ -45,8 +42,7 @@ particular the sandbox's own webhook send latency (sale created -> the gateway's
 ``BENCH_DATABASE=postgresql`` runs the gateway on the local PostgreSQL instead of SQLite. The CPU
 time each process used during the run is printed too (``/proc``), per sale.
 
-Knobs: ``BENCH_RATE``, ``BENCH_SECONDS``, ``BENCH_WARMUP``, ``BENCH_SANDBOX_POOLED``,
-``BENCH_DATABASE``, ``BENCH_PROFILE=DIR`` (``py-spy record`` of the gateway and the sandbox during the
+Knobs: ``BENCH_RATE``, ``BENCH_SECONDS``, ``BENCH_WARMUP``, ``BENCH_DATABASE``, ``BENCH_PROFILE=DIR`` (``py-spy record`` of the gateway and the sandbox during the
 run, ``.venv/bin/pip install py-spy`` first; written to ``DIR/freshness_gateway.txt`` and
 ``DIR/freshness_sandbox.txt`` as collapsed stacks).
 
@@ -80,7 +76,6 @@ from bench import webhook_ingest as ingest  # noqa: E402 - its helpers: fresh da
 RATE = int(os.environ.get("BENCH_RATE", "50"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
-POOLED = os.environ.get("BENCH_SANDBOX_POOLED", "1") != "0"
 PROFILE = os.environ.get("BENCH_PROFILE", "")
 API_KEY = "aipos_test_sandbox_key"
 PRODUCTS_SOLD = 10
@@ -89,14 +84,11 @@ ARRIVAL_TIMEOUT = 60.0  # seconds after the last sale for every delivery to arri
 
 
 # -- the sandbox (a child process) ------------------------------------------------------------------
-def child_sandbox(port: int, pooled: bool) -> None:
-    import httpx
-
+def child_sandbox(port: int) -> None:
     from connectors.aipos.sandbox import create_app
     from gateway.testing.sandbox import run
 
-    transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_keepalive_connections=20)) if pooled else None
-    run(create_app(rate_limit=None, webhook_transport=transport), "127.0.0.1", port, log_level="warning")
+    run(create_app(rate_limit=None), "127.0.0.1", port, log_level="warning")
 
 
 # -- the load generator (a child process) ----------------------------------------------------------
@@ -259,7 +251,7 @@ def main() -> int:
     gateway_url, receiver_url = f"http://127.0.0.1:{gateway_port}", f"http://127.0.0.1:{receiver_port}"
     processes: list[subprocess.Popen] = []
     try:
-        sandbox = subprocess.Popen([sys.executable, __file__, "--sandbox", str(sandbox_port), "1" if POOLED else "0"],
+        sandbox = subprocess.Popen([sys.executable, __file__, "--sandbox", str(sandbox_port)],
                                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         receiver = subprocess.Popen([sys.executable, str(ROOT / "bench" / "receiver.py"), str(receiver_port)],
                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -373,8 +365,7 @@ def main() -> int:
     passed = p50 < P50_TARGET_MS and p99 < P99_TARGET_MS and not problems and len(latencies) == len(load["sales"])
     print(f"freshness: AI POS sandbox sale -> gateway (embedded, one uvicorn process, {ingest.DATABASE}) -> consumer "
           f"order.created, {RATE} sales/s open loop for {SECONDS} s after {WARMUP} s of warm-up")
-    print("sandbox: connectors/aipos/sandbox.py, rate limit off, webhooks sent "
-          + ("through one pooled httpx transport" if POOLED else "with a new httpx client per attempt (as shipped)"))
+    print("sandbox: connectors/aipos/sandbox.py as shipped (one keep-alive webhook client), rate limit off")
     print(f"checked: {len(load['sales']):,} sales, {len(latencies):,} delivered, each once (one webhook-id, one request), "
           f"all verified with standardwebhooks; {len(kept):,} requests at the receiver (warm-up included); "
           f"sandbox attempts not delivered: {retried}")
@@ -406,6 +397,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(asyncio.run(child_load(int(sys.argv[2]), sys.argv[3]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "--sandbox":
-        child_sandbox(int(sys.argv[2]), sys.argv[3] == "1")
+        child_sandbox(int(sys.argv[2]))
     else:
         sys.exit(main())

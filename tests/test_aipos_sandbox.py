@@ -1517,6 +1517,7 @@ async def test_webhook_deliveries_over_the_network() -> None:
             log = (await admin.get("/_sandbox/webhook-deliveries")).json()["data"]
             assert (await admin.delete("/_sandbox/webhook-deliveries")).status_code == 204
             assert (await admin.get("/_sandbox/webhook-deliveries")).json()["data"] == []
+        await app.state.aipos.webhooks.aclose()  # served in process without a lifespan: close its client
     assert len(received) == 1
     headers, body = received[0]
     assert abs(verify(headers, body, secret) - time.time()) < 60  # the real clock signs
@@ -1549,3 +1550,33 @@ async def test_drain_waits_for_a_sandbox_served_on_another_thread() -> None:
         assert [a.outcome for a in app.state.aipos.webhooks.log] == ["retrying", "delivered"]
         assert app.state.aipos.webhooks.pending == 0
     assert len(receiver.calls) == 2 and all(verify(h, b, secret) for h, b in receiver.calls)
+
+
+async def test_webhooks_share_one_keep_alive_client_that_the_app_closes_on_shutdown() -> None:
+    """Every attempt goes through one ``httpx.AsyncClient`` (one kept-alive connection to a
+    receiver, not a client and a connection per attempt); the app's lifespan closes it."""
+    import requests
+
+    peers: list[tuple[str, int]] = []
+
+    async def hook(request: Request) -> Response:
+        assert request.client is not None
+        peers.append((request.client.host, request.client.port))
+        return Response(status_code=204)
+
+    with ServerThread(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as receiver:
+        app = create_app()
+        with ServerThread(app) as server:
+            registered = requests.post(f"{server.base_url}/_sandbox/webhooks", json={"url": f"{receiver.base_url}/hook"},
+                                       timeout=10)
+            assert registered.status_code == 201
+            for n in range(3):
+                made = requests.post(f"{server.base_url}{BASE}/products", json={"name": f"Rusk {n}", "price": 15},
+                                     headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+                assert made.status_code == 201
+            await app.state.aipos.drain(timeout=10)
+            client = app.state.aipos.webhooks.client
+            assert client is not None and not client.is_closed
+        assert client.is_closed and app.state.aipos.webhooks.client is None  # closed by the lifespan shutdown
+    assert len(peers) == 3 and len(set(peers)) == 1  # the same connection each time
+    assert [a.outcome for a in app.state.aipos.webhooks.log] == ["delivered"] * 3

@@ -374,3 +374,91 @@ async def test_a_delivery_that_cannot_be_stored_fails_alone(db):
     async with db.read() as conn:
         stored = (await conn.execute(select(func.count()).select_from(t.tenants).where(t.tenants.c.id.in_(names)))).scalar_one()
     assert stored == 5
+
+
+@pytest.fixture
+async def hooked_services(db, tenant):
+    """(services without a running dispatcher, a ``hooked`` connector, tenant id): jobs are run by
+    the test itself with ``execute``."""
+    from gateway.api.deps import Services
+    from gateway.model import ConnectionCreate
+    from gateway.settings import Settings
+
+    HookedConnector.failing, HookedConnector.applied = 0, []
+    settings = Settings(database_url=db.url, secret_keys=[base64.urlsafe_b64encode(os.urandom(32)).decode()])
+    services = Services.build(settings, db=db, registry=ConnectorRegistry([HookedConnector], load_entry_points=False))
+    created = await services.connections.create(tenant[0], ConnectionCreate(
+        connector="hooked", name="v", credentials={"webhook_secret": SECRET}))
+    connector = await services.connections.connector_for(tenant[0], created["id"])
+    return services, connector, tenant[0]
+
+
+async def _receive(services, connector, event_id: str, price: str):
+    body = event(event_id, price, "2026-03-05T10:00:00+00:00", remote_id=f"r_{event_id}")
+    received = await services.inbox.receive(connector, connector.verify_webhook(httpx.Headers(sign(body)), body, time.time()), body)
+    assert not received.duplicate and received.job_id is not None
+    return received
+
+
+def _count_commits(db) -> list[int]:
+    from sqlalchemy import event as sa_event
+
+    commits = [0]
+
+    @sa_event.listens_for(db.engine.sync_engine, "commit")
+    def _count(_conn: Any) -> None:
+        commits[0] += 1
+
+    return commits
+
+
+async def _state(db, received, connection_id: str, event_id: str) -> tuple[str, str, int]:
+    async with db.read() as conn:
+        inbox = (await conn.execute(select(t.webhook_inbox.c.status).where(t.webhook_inbox.c.id == received.id))).scalar_one()
+        job = (await conn.execute(select(t.jobs.c.status).where(t.jobs.c.id == received.job_id))).scalar_one()
+        cached = (await conn.execute(select(func.count()).select_from(t.records).where(
+            t.records.c.connection_id == connection_id, t.records.c.remote_id == f"r_{event_id}"))).scalar_one()
+    return inbox, job, cached
+
+
+async def test_the_cache_write_processed_and_done_commit_in_one_transaction(hooked_services, db):
+    """The ``webhook`` job holds the connector's last transaction: the record (and its event),
+    the inbox row ``processed`` and the job ``done`` are one commit after the claim."""
+    import gateway.workers.tasks  # noqa: F401 - registers the job kinds
+    from gateway.workers.dispatch import WorkerContext, execute
+
+    services, connector, _tenant_id = hooked_services
+    received = await _receive(services, connector, "evt_one", "3.00")
+    commits = _count_commits(db)
+    assert await execute(WorkerContext(db=db, services=services), received.job_id) == "done"
+    assert commits == [2]  # the claim; then cache write + processed + done
+    assert await _state(db, received, connector.context.id, "evt_one") == ("processed", "done", 1)
+    assert HookedConnector.applied == ["evt_one"]
+
+
+async def test_a_delivery_is_never_processed_without_its_cache_write(hooked_services, db, monkeypatch):
+    """When the final write of the held transaction fails, the cache write, ``processed`` and
+    ``done`` all roll back: the job is retried and applies the delivery exactly once."""
+    import gateway.workers.tasks  # noqa: F401 - registers the job kinds
+    from gateway.workers import jobs
+    from gateway.workers.dispatch import WorkerContext, execute
+
+    services, connector, _tenant_id = hooked_services
+    received = await _receive(services, connector, "evt_two", "4.00")
+    ctx = WorkerContext(db=db, services=services)
+
+    async def broken(uow, job) -> bool:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(jobs, "complete_running_in", broken)
+    assert await execute(ctx, received.job_id) == "queued"
+    assert await _state(db, received, connector.context.id, "evt_two") == ("received", "queued", 0)
+    monkeypatch.undo()
+    async with db.transaction() as uow:  # the retry is due
+        await uow.conn.execute(t.jobs.update().where(t.jobs.c.id == received.job_id).values(run_after=jsonutil.utcnow()))
+    assert await execute(ctx, received.job_id) == "done"
+    assert await _state(db, received, connector.context.id, "evt_two") == ("processed", "done", 1)
+    async with db.read() as conn:
+        created = (await conn.execute(select(func.count()).select_from(t.events).where(
+            t.events.c.connection_id == connector.context.id, t.events.c.type == "product.created"))).scalar_one()
+    assert created == 1

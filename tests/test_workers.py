@@ -252,3 +252,143 @@ async def test_cancel_and_wait_never_swallows_the_callers_cancellation():
     await asyncio.sleep(0)
     await cancel_and_wait(child)  # finished with an error: not the caller's concern
     assert child.done()
+
+
+# -- hold_commit: the handler's last transaction and the job's ``done`` commit once -------------------
+def count_commits(db) -> list[int]:
+    from sqlalchemy import event
+
+    commits = [0]
+
+    @event.listens_for(db.engine.sync_engine, "commit")
+    def _count(_conn) -> None:
+        commits[0] += 1
+
+    return commits
+
+
+def writing_registry(*, hold: bool, fail_after_write: bool = False) -> JobRegistry:
+    """A ``write`` kind whose handler stores a tenant row named by the payload (then fails, if asked)."""
+    from sqlalchemy import insert
+
+    registry = JobRegistry()
+
+    @registry.register("write", hold_commit=hold)
+    async def write(ctx: WorkerContext, job: jobs.Job) -> None:
+        async with ctx.db.transaction() as uow:
+            await uow.conn.execute(insert(t.tenants).values(id=job.payload["name"], name="w", created_at=utcnow()))
+        if fail_after_write:
+            raise RuntimeError("failed after its write")
+
+    return registry
+
+
+async def _tenant_exists(db, name: str) -> bool:
+    from sqlalchemy import select
+
+    async with db.read() as conn:
+        return (await conn.execute(select(t.tenants.c.id).where(t.tenants.c.id == name))).first() is not None
+
+
+@pytest.mark.parametrize("hold", [True, False])
+async def test_a_hold_commit_job_commits_its_last_writes_and_done_together(db, hold):
+    ctx = WorkerContext(db=db, registry=writing_registry(hold=hold))
+    name = f"ten_job_{uuid.uuid4().hex[:10]}"
+    job_id, _ = await jobs.enqueue(db, "write", {"name": name})
+    commits = count_commits(db)
+    assert await execute(ctx, job_id) == "done"
+    # claim, then the handler's write + done in one commit (without hold_commit: a third for done)
+    assert commits == [2 if hold else 3]
+    assert await _tenant_exists(db, name) and (await jobs.get(db, job_id))["status"] == "done"
+
+
+async def test_a_hold_commit_job_is_done_only_if_its_writes_commit(db, monkeypatch):
+    """The job's ``done`` joins the handler's held transaction: when the final write fails, the
+    handler's writes roll back with it and the job is retried, never ``done`` without them."""
+    ctx = WorkerContext(db=db, registry=writing_registry(hold=True))
+    name = f"ten_job_{uuid.uuid4().hex[:10]}"
+    job_id, _ = await jobs.enqueue(db, "write", {"name": name})
+
+    async def broken(uow, job) -> bool:
+        raise RuntimeError("could not mark it done")
+
+    monkeypatch.setattr(jobs, "complete_running_in", broken)
+    assert await execute(ctx, job_id) == "queued"
+    row = await jobs.get(db, job_id)
+    assert "could not mark it done" in row["last_error"] and not await _tenant_exists(db, name)
+    monkeypatch.undo()
+    await _make_due(db, job_id)
+    assert await execute(ctx, job_id) == "done" and await _tenant_exists(db, name)
+
+
+async def test_a_hold_commit_job_that_fails_after_its_write_keeps_the_write_and_is_retried(db):
+    ctx = WorkerContext(db=db, registry=writing_registry(hold=True, fail_after_write=True))
+    name = f"ten_job_{uuid.uuid4().hex[:10]}"
+    job_id, _ = await jobs.enqueue(db, "write", {"name": name})
+    assert await execute(ctx, job_id) == "queued"
+    row = await jobs.get(db, job_id)
+    assert row["last_error"] == "RuntimeError: failed after its write" and row["attempts"] == 1
+    assert await _tenant_exists(db, name)  # its block had finished: committed when the scope ended
+
+
+# -- the delivery worker: an endpoint round is two transactions -----------------------------------------
+async def test_serving_an_endpoint_leases_then_records_and_releases_in_one_transaction(db, tenant):
+    """Lease, send, then one transaction records the outcomes and releases the lease (it used to
+    take four: lease, record, an empty read's retry_at, release). New deliveries ring the worker,
+    which leases the endpoint again."""
+    import base64
+    import os
+
+    import httpx
+
+    from gateway.crypto import CredentialCipher
+    from gateway.model.webhooks import WebhookEndpointCreate
+    from gateway.services.deliveries import DeliverySender
+    from gateway.services.webhook_endpoints import WebhookEndpointService
+    from gateway.settings import Settings
+    from gateway.workers.deliveries import DeliveryWorker
+
+    tenant_id = tenant[0]
+    key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    settings = Settings(database_url=db.url, secret_keys=[key], webhook_allow_private=True, webhook_poll_seconds=0.05)
+    endpoints = WebhookEndpointService(db, CredentialCipher(settings.resolved_secret_keys()), allow_private=True)
+    endpoint = await endpoints.create(tenant_id, WebhookEndpointCreate(url="http://127.0.0.1:9/hooks", events=["product.*"]))
+    received: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        received.append(request.headers["webhook-id"])
+        return httpx.Response(200, json={})
+
+    worker = DeliveryWorker(db, endpoints, settings,
+                            sender=DeliverySender(allow_private=True, transport=httpx.MockTransport(answer)))
+
+    async def emit(n: int) -> list[str]:
+        async with db.transaction(tenant_id) as uow:
+            pending = [uow.emit("product.updated", None, {"n": i}, []) for i in range(n)]
+        return [p.id for p in pending]
+
+    async def lease() -> tuple[str | None, object]:
+        async with db.read() as conn:
+            row = (await conn.execute(select_endpoint(endpoint["id"]))).one()
+        return row.lease_owner, row.retry_at
+
+    try:
+        first = await emit(3)
+        commits = count_commits(db)
+        async with worker:
+            await worker.drain()
+            assert commits == [2] and received == first and worker.delivered == 3
+            assert await lease() == (None, None)
+            second = await emit(2)
+            await worker.drain()
+            assert received == first + second and commits == [2 + 1 + 2]  # the events' commit, lease, record
+            assert await lease() == (None, None)
+    finally:
+        await endpoints.delete(tenant_id, endpoint["id"])
+
+
+def select_endpoint(endpoint_id: str):
+    from sqlalchemy import select
+
+    return select(t.webhook_endpoints.c.lease_owner, t.webhook_endpoints.c.retry_at).where(
+        t.webhook_endpoints.c.id == endpoint_id)

@@ -11,7 +11,9 @@ retries and duplicates (same event id) find the stored row and add nothing.
 The ``webhook`` job (:func:`process`) hands the stored delivery to
 :meth:`~gateway.sdk.connector.Connector.apply_webhook`, which updates the records cache with a
 version guard (the vendor's ``updated_at``), so a delivery processed twice, or out of order, or
-after a poll that already saw a newer version, changes nothing. A failing delivery is retried
+after a poll that already saw a newer version, changes nothing. The connector's last cache write,
+the row's ``processed`` and the job's ``done`` commit in one transaction
+(:meth:`~gateway.storage.db.Database.holding`). A failing delivery is retried
 on the job schedule (the vendor's ``Retry-After`` when it gave one); after the last attempt the
 row is ``failed`` with the error, and the next poll reconciles the cache anyway.
 """
@@ -153,15 +155,19 @@ async def process(db: Database, connections: Any, inbox_id: str, *, attempt: int
     connector = await connections.connector_for(row.tenant_id, row.connection_id)
     event = InboundEvent(id=row.vendor_event_id, type=row.event_type, occurred_at=row.occurred_at,
                          payload=jsonutil.loads(row.body))
-    try:
-        await connector.apply_webhook(event)
-    except Exception as exc:
-        final = last_attempt or (isinstance(exc, VendorError) and not exc.retryable)
-        async with db.transaction() as uow:
+    # The connector's last cache write stays open and the row's ``processed`` joins it: the
+    # delivery is processed if and only if its writes committed. Inside the ``webhook`` job's own
+    # holding scope the job's ``done`` joins them too (gateway/workers/dispatch.py).
+    async with db.holding():
+        try:
+            await connector.apply_webhook(event)
+        except Exception as exc:
+            final = last_attempt or (isinstance(exc, VendorError) and not exc.retryable)
+            async with db.transaction() as uow:
+                await uow.conn.execute(update(t.webhook_inbox).where(t.webhook_inbox.c.id == inbox_id).values(
+                    attempts=attempt, last_error=f"{exc.__class__.__name__}: {exc}"[:2000],
+                    status="failed" if final else "received"))
+            raise
+        async with db.transaction(join_held=True) as uow:
             await uow.conn.execute(update(t.webhook_inbox).where(t.webhook_inbox.c.id == inbox_id).values(
-                attempts=attempt, last_error=f"{exc.__class__.__name__}: {exc}"[:2000],
-                status="failed" if final else "received"))
-        raise
-    async with db.transaction() as uow:
-        await uow.conn.execute(update(t.webhook_inbox).where(t.webhook_inbox.c.id == inbox_id).values(
-            attempts=attempt, last_error=None, status="processed", processed_at=jsonutil.utcnow()))
+                attempts=attempt, last_error=None, status="processed", processed_at=jsonutil.utcnow()))

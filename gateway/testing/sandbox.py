@@ -48,6 +48,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -283,15 +284,19 @@ class Sandbox:
         *,
         middleware: Sequence[Middleware] = (),
         exception_handlers: dict[Any, Any] | None = None,
+        lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
     ) -> Starlette:
         """A Starlette app: admin routes + ``routes``, faults outermost, then ``middleware`` (e.g. auth).
 
-        The app's ``state.sandbox`` is this object.
+        ``lifespan``: Starlette's lifespan context (e.g. to close what the sandbox opened on
+        shutdown); :func:`run` and :class:`ServerThread` run it. The app's ``state.sandbox`` is
+        this object.
         """
         app = Starlette(
             routes=[*self.admin_routes(), *routes],
             middleware=[Middleware(FaultMiddleware, sandbox=self), *middleware],
             exception_handlers=exception_handlers,
+            lifespan=lifespan,
         )
         app.state.sandbox = self
         return app
@@ -486,10 +491,11 @@ def run(app: ASGIApp, host: str = "127.0.0.1", port: int = 8000, *, log_level: s
 
     The seeded store is moved out of the garbage collector's sight first (``gc.freeze``): a big
     catalog would otherwise be traversed by every full collection, pausing answers at random.
+    The app's lifespan runs (``lifespan="auto"``), so a sandbox closes what it opened on shutdown.
     """
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level=log_level, ws="none", lifespan="off")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, ws="none", lifespan="auto")
 
 
 @dataclass
@@ -497,7 +503,7 @@ class ServerThread:
     """Serve an app with uvicorn on ``host`` and a free port in a background thread (for tests).
 
     Use as a context manager; ``base_url`` is ``http://host:port``. Leaving the block stops the
-    server (``should_exit``) and joins the thread.
+    server (``should_exit``: the app's lifespan shutdown runs) and joins the thread.
     """
 
     app: ASGIApp
@@ -519,7 +525,7 @@ class ServerThread:
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         self._sock = sock
-        config = uvicorn.Config(self.app, log_level="warning", ws="none", lifespan="off", loop="asyncio", http="h11")
+        config = uvicorn.Config(self.app, log_level="warning", ws="none", lifespan="auto", loop="asyncio", http="h11")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()

@@ -17,7 +17,9 @@ embedded mode, inside each ``tillgate worker`` in scale-out mode. It loops:
 Serving an endpoint: read up to :data:`BATCH` pending deliveries in ``seq`` order (with their
 events), POST them one after another while each answers 2xx (for at most :data:`RECORD_EVERY`
 seconds), and record the outcomes, the attempt log and a renewed lease in one transaction per
-batch. The first failure stops the
+batch; when the batch leaves nothing more to send now (it was the last, it failed, or the next
+delivery is not yet due), that same transaction releases the lease, so serving an endpoint
+costs two transactions (lease, record-and-release). The first failure stops the
 batch: the delivery waits its retry (``retry_at`` on the endpoint) and the ones after it wait
 behind it, so a receiver sees an endpoint's events in ``seq`` order; when the schedule runs out
 it is ``failed`` and the queue moves on. A 410 disables the endpoint. Delivery is at least once:
@@ -60,6 +62,11 @@ ERROR_PAUSE = 30.0
 CHANNEL = "tillgate:deliveries"
 
 _d, _e, _w = t.webhook_deliveries.c, t.events.c, t.webhook_endpoints.c
+
+# What serving one batch left to do (DeliveryWorker._serve_batch).
+_MORE = object()  # the endpoint may have more due now; the lease was renewed
+_RELEASED = object()  # nothing more to send now; the batch's transaction released the lease
+_STOP = object()  # not this worker's to serve (gone, disabled, lease lost): release what is left
 
 _MARK_DELIVERED = (
     update(t.webhook_deliveries).where(_d.id == bindparam("b_id"))
@@ -205,8 +212,9 @@ class DeliveryWorker:
     # -- one endpoint ----------------------------------------------------------------------------
     async def _serve(self, endpoint_id: str) -> None:
         release: dict[str, Any] = {"lease_owner": None, "lease_until": None}
+        outcome = _STOP
         try:
-            while await self._serve_batch(endpoint_id):
+            while (outcome := await self._serve_batch(endpoint_id)) is _MORE:
                 pass
         except asyncio.CancelledError:
             self._active.pop(endpoint_id, None)
@@ -215,20 +223,24 @@ class DeliveryWorker:
             log.exception("delivery worker: could not serve endpoint %s; trying again in %g s",
                           endpoint_id, ERROR_PAUSE)
             release["retry_at"] = jsonutil.utcnow() + timedelta(seconds=ERROR_PAUSE)
-        with contextlib.suppress(Exception):
-            async with self.db.transaction() as uow:
-                await uow.conn.execute(update(t.webhook_endpoints).where(
-                    _w.id == endpoint_id, _w.lease_owner == self.owner).values(**release))
+            outcome = _STOP
+        if outcome is not _RELEASED:
+            with contextlib.suppress(Exception):
+                async with self.db.transaction() as uow:
+                    await uow.conn.execute(update(t.webhook_endpoints).where(
+                        _w.id == endpoint_id, _w.lease_owner == self.owner).values(**release))
         self._active.pop(endpoint_id, None)
         self.ring()  # deliveries committed while this task was finishing are looked at now
 
-    async def _serve_batch(self, endpoint_id: str) -> bool:
-        """Send one batch; ``True`` when the endpoint may have more due right away."""
+    async def _serve_batch(self, endpoint_id: str) -> object:
+        """Send one batch. Returns :data:`_MORE` when the endpoint may have more due right away (the
+        lease is renewed), :data:`_RELEASED` when the batch's transaction released the lease, or
+        :data:`_STOP` when the endpoint is no longer this worker's to serve (the caller releases)."""
         async with self.db.read() as conn:
             endpoint = (await conn.execute(select(t.webhook_endpoints).where(_w.id == endpoint_id))).first()
             if endpoint is None or endpoint.status != "enabled" or endpoint.deleted_at is not None \
                     or endpoint.lease_owner != self.owner:
-                return False
+                return _STOP
             batch = (await conn.execute(
                 select(_d.id.label("delivery_id"), _d.attempts, _d.next_attempt_at, t.events)
                 .join(t.events, _e.id == _d.event_id)
@@ -238,7 +250,9 @@ class DeliveryWorker:
         if not batch:
             async with self.db.transaction() as uow:
                 await uow.conn.execute(update(t.webhook_endpoints).where(_w.id == endpoint_id).values(retry_at=None))
-            return False
+                await uow.conn.execute(update(t.webhook_endpoints).where(
+                    _w.id == endpoint_id, _w.lease_owner == self.owner).values(lease_owner=None, lease_until=None))
+            return _RELEASED
         signer = self.endpoints.signer(endpoint)
         started = time.monotonic()
         sent: list[tuple[Any, AttemptResult, datetime]] = []
@@ -253,18 +267,24 @@ class DeliveryWorker:
             sent.append((row, result, now))
             if not result.delivered or time.monotonic() - started > RECORD_EVERY:
                 break
-        more = await self._record(endpoint, sent, head_due)
-        return more and len(batch) > 0
+        # the whole batch went out and it was the last one: nothing more to send right now
+        exhausted = len(batch) < BATCH and len(sent) == len(batch)
+        return await self._record(endpoint, sent, head_due, exhausted=exhausted)
 
     async def _record(self, endpoint: Any, sent: list[tuple[Any, AttemptResult, datetime]],
-                      head_due: datetime | None) -> bool:
-        """Write a batch's outcomes, attempts, the endpoint's state and lease in one transaction;
-        ``True`` when the worker should read the next batch at once."""
+                      head_due: datetime | None, *, exhausted: bool = False) -> object:
+        """Write a batch's outcomes, attempts, the endpoint's state and lease in one transaction.
+
+        The lease is renewed when the worker should read the next batch at once (returns
+        :data:`_MORE`), else released in the same transaction (:data:`_RELEASED`): after a
+        failure, when the next delivery is not yet due, or when ``exhausted`` (the batch was the
+        last and went out whole). Deliveries committed meanwhile ring the worker, which leases the
+        endpoint again once this task has finished. :data:`_STOP` when the lease was lost."""
         now = jsonutil.utcnow()
         delivered = [(row, result, at) for row, result, at in sent if result.delivered]
         failure = next(((row, result, at) for row, result, at in sent if not result.delivered), None)
         endpoint_values: dict[str, Any] = {"lease_until": now + timedelta(seconds=self.lease_seconds), "retry_at": head_due}
-        more = head_due is None
+        more = head_due is None and not exhausted
         async with self.db.transaction() as uow:
             if delivered:
                 await uow.conn.execute(_MARK_DELIVERED, [
@@ -297,9 +317,13 @@ class DeliveryWorker:
                     for row, result, at in sent])
             if endpoint_values.get("status") == "disabled":
                 await bump_version(uow, endpoint.tenant_id)
+            if not more:
+                endpoint_values.update(lease_owner=None, lease_until=None)
             held = await uow.conn.execute(update(t.webhook_endpoints).where(
                 and_(_w.id == endpoint.id, _w.lease_owner == self.owner)).values(**endpoint_values))
         self.delivered += len(delivered)
         if failure is not None and failure[1].gone:
             log.warning("endpoint %s answered 410 Gone: disabled", endpoint.id)
-        return more and bool(held.rowcount)
+        if not held.rowcount:
+            return _STOP
+        return _MORE if more else _RELEASED

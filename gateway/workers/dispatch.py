@@ -5,6 +5,12 @@ run the kind's handler while a heartbeat renews the lease, then complete or fail
 least once). A handler asks for a specific delay by raising :class:`RetryLater` (for a vendor's
 ``Retry-After``); any other exception is a failed attempt with backoff.
 
+A kind registered with ``hold_commit=True`` runs its handler in a holding scope
+(:meth:`gateway.storage.db.Database.holding`): the handler's last transaction stays open and the
+job's ``done`` joins it, one commit for both (the job is ``done`` if and only if the handler's
+last writes committed). Only for handlers that do nothing after their last transaction but
+return: until that commit their writes are not durable (no vendor call may follow them).
+
 Dispatchers only ring the bell:
 
 - :class:`InProcessDispatcher` (embedded mode, no Redis): an asyncio queue and worker tasks
@@ -50,9 +56,14 @@ class JobRegistry:
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._hold_commit: set[str] = set()
 
-    def register(self, kind: str) -> Callable[[Handler], Handler]:
+    def register(self, kind: str, *, hold_commit: bool = False) -> Callable[[Handler], Handler]:
         """Decorator: ``@registry.register("sync") async def run_sync(ctx, job): ...``.
+
+        Args:
+            hold_commit: the job's ``done`` commits with the handler's last transaction (see the
+                module docstring; only for handlers that make no outside call after it).
 
         Raises:
             ValueError: ``kind`` already has a handler.
@@ -62,6 +73,8 @@ class JobRegistry:
             if kind in self._handlers:
                 raise ValueError(f"job kind {kind!r} already has a handler")
             self._handlers[kind] = handler
+            if hold_commit:
+                self._hold_commit.add(kind)
             return handler
 
         return decorate
@@ -69,6 +82,10 @@ class JobRegistry:
     def get(self, kind: str) -> Handler | None:
         """The handler of ``kind``, or ``None``."""
         return self._handlers.get(kind)
+
+    def holds_commit(self, kind: str) -> bool:
+        """Whether ``kind`` was registered with ``hold_commit=True``."""
+        return kind in self._hold_commit
 
 
 #: The gateway's job kinds register here.
@@ -96,8 +113,15 @@ async def execute(ctx: WorkerContext, job_id: str) -> str | None:
         return await jobs.fail(ctx.db, Job(**{**job.__dict__, "attempts": job.max_attempts}),
                                f"no handler for job kind {job.kind!r}")
     heartbeat = asyncio.create_task(_heartbeat(ctx, job))
+    held = ctx.registry.holds_commit(job.kind)
     try:
-        await handler(ctx, job)
+        if held:
+            async with ctx.db.holding():
+                await handler(ctx, job)
+                async with ctx.db.transaction(join_held=True) as uow:
+                    await jobs.complete_running_in(uow, job)
+        else:
+            await handler(ctx, job)
     except RetryLater as exc:
         return await jobs.fail(ctx.db, job, f"retry later: {exc}", retry_in=exc.seconds)
     except Exception as exc:
@@ -105,7 +129,8 @@ async def execute(ctx: WorkerContext, job_id: str) -> str | None:
         return await jobs.fail(ctx.db, job, f"{exc.__class__.__name__}: {exc}")
     finally:
         await cancel_and_wait(heartbeat)
-    await jobs.complete(ctx.db, job)
+    if not held:
+        await jobs.complete(ctx.db, job)
     return "done"
 
 

@@ -2,7 +2,8 @@
 
 Life of a job: :func:`enqueue` writes a ``queued`` row (and the caller rings a dispatcher);
 :func:`claim` moves it to ``running`` with a lease (a conditional ``UPDATE``, so two deliveries
-of the same job cannot both run it); the handler finishes with :func:`complete` or :func:`fail`.
+of the same job cannot both run it); the handler finishes with :func:`complete` (or
+:func:`complete_running_in`, inside the handler's last transaction) or :func:`fail`.
 A ``running`` job whose lease expired (its worker died) is claimable again. Times are aware UTC;
 durations are seconds.
 """
@@ -178,12 +179,20 @@ async def renew(db: Database, job: Job, *, lease_seconds: float) -> bool:
 
 async def complete(db: Database, job: Job) -> None:
     """Mark a claimed job done."""
-    now = jsonutil.utcnow()
     async with db.transaction() as uow:
-        await uow.conn.execute(
-            update(t.jobs).where(t.jobs.c.id == job.id, t.jobs.c.status == "running")
-            .values(status="done", lease_until=None, last_error=None, updated_at=now, finished_at=now)
-        )
+        await complete_running_in(uow, job)
+
+
+async def complete_running_in(uow: UnitOfWork, job: Job) -> bool:
+    """Mark a claimed job done inside the caller's transaction, so the job is ``done`` if and only
+    if the caller's last writes commit (one commit for both, e.g. a held transaction joined with
+    ``Database.transaction(join_held=True)``). ``False`` when the row was no longer ``running``."""
+    now = jsonutil.utcnow()
+    result = await uow.conn.execute(
+        update(t.jobs).where(t.jobs.c.id == job.id, t.jobs.c.status == "running")
+        .values(status="done", lease_until=None, last_error=None, updated_at=now, finished_at=now)
+    )
+    return bool(result.rowcount)
 
 
 async def fail(db: Database, job: Job, error: str, *, retry_in: float | None = None) -> str:

@@ -14,7 +14,8 @@ and by ``POST /v1/connections/{id}/inventory/reconcile``; one per connection (de
 ``reconcile:<connection>``). Retried like ``sync``; a retry counts again from the start.
 
 ``webhook``: payload ``{"inbox_id"}``; applies one stored inbound vendor delivery
-(:func:`gateway.services.inbox.process`).
+(:func:`gateway.services.inbox.process`). Registered with ``hold_commit``: the cache write, the
+inbox row ``processed`` and the job ``done`` commit in one transaction.
 
 ``adjustment``: payload ``{"adjustment_id", "connection_id"}``; one push of a ``pending``
 inventory adjustment to its POS (:func:`gateway.services.adjustments.run_push`). A push that
@@ -67,7 +68,7 @@ async def run_reconcile(ctx: WorkerContext, job: Job) -> None:
         raise _retry_later(exc, job) from exc
 
 
-@REGISTRY.register(inbox.JOB_KIND)
+@REGISTRY.register(inbox.JOB_KIND, hold_commit=True)
 async def run_webhook(ctx: WorkerContext, job: Job) -> None:
     """Apply one stored inbound delivery (payload ``{"inbox_id"}``) to the records cache; a
     retryable vendor failure is retried after its ``Retry-After`` (else backoff)."""
