@@ -392,24 +392,51 @@ async def test_a_till_sale_the_cache_had_not_seen_is_not_swallowed_by_the_echo(m
 
 
 async def test_an_attempt_that_never_landed_does_not_hide_a_later_echo(make_world):
-    """AI POS down for a push of -2 (its journal entry stays open: the attempt reached no verdict);
-    a later +3 lands and is read back: that read-back is +3's echo, not an external change."""
+    """AI POS down (503) for a push of -2: the attempt was refused unsent, so its journal entry is
+    withdrawn (``void``); a later +3 lands and is read back: that read-back is +3's echo, not an
+    external change. When the POS is back, -2's next attempt journals it again."""
     async with make_world("aipos") as w:
         w.wire.fail("POST", "/inventory/adjustments", "down", times=2)
         waiting = await w.adjust("-2")
         assert waiting.status_code == 202, waiting.text
         await w.drain()
         assert (await w.adjustment(waiting.json()["id"]))["status"] == "pending"
+        assert [e["status"] for e in await w.journal(waiting.json()["id"])] == ["void"]
         seq = await w.last_seq()
         later = await w.adjust_applied("3")
         assert types(await w.events(seq)) == ["adjustment.applied"]
         assert [e["status"] for e in await w.journal(later["id"])] == ["matched"]
-        assert [e["status"] for e in await w.journal(waiting.json()["id"])] == ["open"]
         await w.retry()  # the POS is back: -2 lands, and its read-back is an echo too
         assert (await w.adjustment(waiting.json()["id"]))["status"] == "applied"
         assert types(await w.events(seq)) == ["adjustment.applied", "adjustment.applied"]
         assert w.stock() == 31 and (await w.level())["on_hand"] == "31"
 
+
+
+async def test_a_refused_attempt_after_a_lost_answer_keeps_the_entry_for_its_echo(make_world):
+    """A push of -2 lands but its answer is lost (outcome unknown); the next attempt meets a 503
+    (refused unsent). The entry stays open (``uncertain``: the first attempt may report), so the
+    poll that brings -2 is its echo; the retry with the same key replays and announces it once."""
+    async with make_world("aipos") as w:
+        w.wire.fail("POST", "/inventory/adjustments", "lose", times=2)  # both client tries of attempt 1
+        w.wire.fail("POST", "/inventory/adjustments", "down", times=2)  # both of attempt 2
+        accepted = (await w.adjust("-2")).json()
+        await w.drain()
+        await w.retry()
+        waiting = await w.adjustment(accepted["id"])
+        assert (waiting["status"], waiting["attempts"]) == ("pending", 2)
+        assert waiting["last_error"].startswith("vendor_unavailable:")
+        assert w.stock() == 28 and w.applications() == 1
+        assert [(e["status"], e["uncertain"]) for e in await w.journal(accepted["id"])] == [("open", True)]
+        seq = await w.last_seq()
+        await w.sync("full", ["inventory"])
+        assert "inventory.updated" not in types(await w.events(seq))
+        assert [e["status"] for e in await w.journal(accepted["id"])] == ["matched"]
+        await w.retry()
+        assert (await w.adjustment(accepted["id"]))["status"] == "applied"
+        assert [t for t in types(await w.events(seq)) if t.startswith(("inventory.", "adjustment."))] == [
+            "adjustment.applied"]
+        assert w.stock() == 28 and w.applications() == 1 and (await w.level())["on_hand"] == "28"
 
 # -- the journal and the locks, directly -------------------------------------------------------------
 def test_an_echo_is_explained_by_the_journaled_deltas_alone() -> None:

@@ -90,6 +90,24 @@ class VendorCircuitOpen(VendorUnavailable):
     """The connection's circuit breaker is open: the call was not sent (503, retryable, ``retry_after``)."""
 
 
+def vendor_did_not_act(exc: BaseException) -> bool:
+    """Whether a failed vendor call certainly did not act at the vendor: the request was never
+    sent (connection refused or timed out while connecting, no pooled connection, the circuit
+    breaker open) or the vendor refused it before processing (429 Too Many Requests, 503 Service
+    Unavailable, RFC 9110 15.6.4). A read timeout, a reset after sending or any other 5xx may have
+    acted. Used to retry a non-idempotent write in place, and by
+    :func:`gateway.services.adjustments.not_applied` to withdraw a push's journal entry.
+    """
+    if not isinstance(exc, VendorError):
+        return False
+    if isinstance(exc, VendorCircuitOpen):
+        return True
+    cause = exc.__cause__
+    if isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
+        return True
+    return exc.extra.get("vendor_status") in (429, 503)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How :class:`VendorClient` retries retryable outcomes.
@@ -417,10 +435,7 @@ class VendorClient:
                 return False
             if safe:
                 return True
-            # The vendor certainly did not act on a write: it was refused before processing.
-            cause = exc.__cause__
-            not_sent = isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-            return not_sent or exc.extra.get("vendor_status") in (429, 503)
+            return vendor_did_not_act(exc)  # a write: only when the vendor certainly did not act
 
         return should
 

@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway import jsonutil
 from gateway.errors import NotFound, TillgateError
 from gateway.ids import new_id
+from gateway.sdk.http import vendor_did_not_act
 from gateway.services import journal, locks
 from gateway.storage import tables as t
 from gateway.storage.db import Database
@@ -239,13 +240,18 @@ async def settle(uow: UnitOfWork, adjustment_id: str, status: str, *, last_error
     return rendered
 
 
-async def defer(db: Database, adjustment_id: str, last_error: str, *, retry_after: float | None = None) -> PushDeferred:
+async def defer(db: Database, adjustment_id: str, last_error: str, *, retry_after: float | None = None,
+                unsent: bool = False) -> PushDeferred:
     """Record a push attempt that reached no verdict (``attempts`` + 1, ``last_error``; still
-    ``pending``) and return the :class:`PushDeferred` for the caller to raise."""
+    ``pending``) and return the :class:`PushDeferred` for the caller to raise. ``unsent``: the
+    attempt certainly did not reach the POS, so its journal entry is withdrawn in the same
+    transaction (:func:`gateway.services.journal.withdraw`)."""
     async with db.transaction() as uow:
         await uow.conn.execute(update(t.adjustments).where(
             t.adjustments.c.id == adjustment_id, t.adjustments.c.status == "pending").values(
             attempts=t.adjustments.c.attempts + 1, last_error=last_error[:2000], updated_at=jsonutil.utcnow()))
+        if unsent:
+            await journal.withdraw(uow, adjustment_id)
     return PushDeferred(last_error, retry_after)
 
 
@@ -256,7 +262,9 @@ async def not_applied(db: Database, tenant_id: str, adjustment_id: str, error: T
 
     A ``fatal`` one, or any on the ``final`` attempt, settles the adjustment ``failed``
     (``adjustment.failed``) and returns it; otherwise the attempt is recorded and
-    :class:`PushDeferred` raised (with the vendor's ``retry_after`` when it gave one).
+    :class:`PushDeferred` raised (with the vendor's ``retry_after`` when it gave one). An attempt
+    the vendor certainly did not act on (:func:`gateway.sdk.http.vendor_did_not_act`: refused
+    unsent, 429, 503) withdraws its journal entry, so it is never taken for another write's echo.
 
     Raises:
         PushDeferred: the push will be tried again.
@@ -270,7 +278,8 @@ async def not_applied(db: Database, tenant_id: str, adjustment_id: str, error: T
     if fatal or final:
         async with db.transaction(tenant_id) as uow:
             return await settle(uow, adjustment_id, "failed", last_error=message[:2000])
-    raise await defer(db, adjustment_id, message, retry_after=float(retry_after) if retry_after else None)
+    raise await defer(db, adjustment_id, message, retry_after=float(retry_after) if retry_after else None,
+                      unsent=vendor_did_not_act(error))
 
 
 async def run_push(db: Database, connections: Any, payload: dict[str, Any], *, final: bool) -> None:

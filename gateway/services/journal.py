@@ -24,8 +24,11 @@ How (``write_journal``, one entry per adjustment and stock level):
   assumes the fewest writes of unknown outcome (:func:`explaining`): the writes known to have
   landed (their adjustment is ``applied``) are taken first, oldest first, since pushes of a stock
   row land one at a time, in order; writes still pending (in flight, or an attempt that got no
-  answer while the POS was down) may never land, and taking one for another write's echo would
-  consume its entry and let its own echo through later. So the report is explained by the
+  answer while the POS was failing) may never land, and taking one for another write's echo would
+  consume its entry and let its own echo through later; among those, the latest attempts are
+  taken first. An attempt refused unsent (the POS down: connection refused, 503, 429) withdraws
+  its entry (:func:`withdraw`), so only attempts whose outcome is truly unknown stay candidates.
+  So the report is explained by the
   gateway's writes alone. A level that also
   carries a sale at the till since the last report (the cache was behind), a new threshold, or
   any other change is a genuine change and emits ``inventory.updated`` as usual, with the new
@@ -119,7 +122,10 @@ def explaining(cached: dict[str, Any], incoming: dict[str, Any], deltas_milli: l
     happened (taking those would consume their entries, and their own echo would later come back
     as news). Among landed entries a prefix is taken (at least the ``required`` ones), the longest
     first (pushes of a row land one at a time, in order); entries of unknown outcome are taken as
-    a subset, oldest first on a tie, among the first :data:`MAX_SUBSET_ENTRIES` of them.
+    a subset among the :data:`MAX_SUBSET_ENTRIES` latest of them, the latest attempts first on a
+    tie: a report most likely carries the attempt made just before it (``deltas_milli`` is in the
+    order of each entry's latest attempt), while an older attempt of unknown outcome was often
+    made while the POS was failing and never landed.
     """
     for key in set(cached) | set(incoming):
         if key != QUANTITY and key not in DERIVED and not _same(incoming.get(key), cached.get(key)):
@@ -129,10 +135,10 @@ def explaining(cached: dict[str, Any], incoming: dict[str, Any], deltas_milli: l
         return ()
     wanted = (after - before) * 1000
     known = [i for i in range(len(deltas_milli)) if i in landed]
-    unknown = [i for i in range(len(deltas_milli)) if i not in landed][:MAX_SUBSET_ENTRIES]
+    unknown = [i for i in reversed(range(len(deltas_milli))) if i not in landed][:MAX_SUBSET_ENTRIES]
     prefix_sums = list(itertools.accumulate((deltas_milli[i] for i in known), initial=0))
     for size in range(len(unknown) + 1):
-        for chosen in itertools.combinations(unknown, size):  # lexicographic: oldest first
+        for chosen in itertools.combinations(unknown, size):  # lexicographic: the latest attempts first
             rest = wanted - sum(deltas_milli[i] for i in chosen)
             for k in range(len(known), min(required, len(known)) - 1, -1):
                 if prefix_sums[k] == rest and (k or size):
@@ -153,11 +159,15 @@ async def expect(uow: UnitOfWork, *, connection_id: str, remote_id: str, delta_m
 
     One entry per adjustment and level: a later call (the next attempt of the push) opens it
     again with a new ``created_at`` and ``expires_at = now + ttl``, unless a report of it was
-    already matched (the write landed; the echo came). Also deletes the connection's entries that
-    expired :data:`KEEP_AFTER_EXPIRY` ago.
+    already matched (the write landed; the echo came). An entry still open when the next attempt
+    starts was left so by an attempt whose outcome is unknown (a timeout, a lost answer, a crash:
+    attempts refused unsent are :func:`withdraw`-n), so it becomes ``uncertain``: that earlier
+    attempt may still land or report, and a later attempt refused unsent does not withdraw it.
+    Also deletes the connection's entries that expired :data:`KEEP_AFTER_EXPIRY` ago.
     """
     now = jsonutil.utcnow()
-    found = (await uow.conn.execute(select(t.write_journal.c.id, t.write_journal.c.status).where(
+    found = (await uow.conn.execute(select(
+        t.write_journal.c.id, t.write_journal.c.status, t.write_journal.c.uncertain).where(
         t.write_journal.c.adjustment_id == adjustment_id, t.write_journal.c.remote_id == remote_id,
         t.write_journal.c.connection_id == connection_id))).first()
     values = {"delta_milli": delta_milli, "status": "open", "created_at": now, "expires_at": now + ttl,
@@ -165,6 +175,7 @@ async def expect(uow: UnitOfWork, *, connection_id: str, remote_id: str, delta_m
     if found is not None:
         if found.status == "matched":
             return
+        values["uncertain"] = bool(found.uncertain) or found.status == "open"
         await uow.conn.execute(update(t.write_journal).where(t.write_journal.c.id == found.id).values(**values))
     else:
         await uow.conn.execute(insert(t.write_journal).values(
@@ -172,6 +183,21 @@ async def expect(uow: UnitOfWork, *, connection_id: str, remote_id: str, delta_m
             remote_id=remote_id, adjustment_id=adjustment_id, **values))
     await uow.conn.execute(delete(t.write_journal).where(
         t.write_journal.c.connection_id == connection_id, t.write_journal.c.expires_at < now - KEEP_AFTER_EXPIRY))
+
+
+async def withdraw(uow: UnitOfWork, adjustment_id: str) -> None:
+    """The attempt just journaled by :func:`expect` certainly did not reach the POS (refused
+    unsent: the connection was refused, the circuit breaker was open, the vendor answered 429 or
+    503; see :func:`gateway.sdk.http.vendor_did_not_act`): void the adjustment's open entries,
+    unless an earlier attempt's outcome is unknown (``uncertain``), which may still report.
+
+    Without this, the entries of attempts made while the POS was down would stay open, each a
+    candidate explanation of another write's echo; taking the wrong one consumes an entry whose
+    write has not landed, and that write's own echo later comes back as news.
+    """
+    await uow.conn.execute(update(t.write_journal).where(
+        t.write_journal.c.adjustment_id == adjustment_id, t.write_journal.c.status == "open",
+        t.write_journal.c.uncertain.is_(False)).values(status="void"))
 
 
 async def close(uow: UnitOfWork, adjustment_id: str) -> None:

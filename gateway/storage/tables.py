@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint, false, text
 from sqlmodel import Field, SQLModel
 
 
@@ -258,7 +258,9 @@ class WriteJournalRow(SQLModel, table=True):
     thousandths. ``status``: ``open`` (written before the vendor call; a report may come) →
     ``matched`` (a report of it came and was cached without an event; ``matched_at``) or
     ``void`` (the write did not happen, or the POS was read back in a state it does not
-    explain). An open entry is ignored after ``expires_at``.
+    explain). An open entry is ignored after ``expires_at``. ``uncertain``: an earlier attempt of
+    the write got no answer that rules its landing out (a timeout, a lost answer, a crash), so an
+    attempt refused unsent (:func:`gateway.services.journal.withdraw`) leaves the entry open.
     """
 
     __tablename__ = "write_journal"
@@ -278,6 +280,7 @@ class WriteJournalRow(SQLModel, table=True):
     created_at: datetime
     expires_at: datetime
     matched_at: datetime | None = None
+    uncertain: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class WriteLockRow(SQLModel, table=True):
