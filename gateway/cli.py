@@ -31,11 +31,13 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 connections_app = typer.Typer(help="Connections to POS accounts.", no_args_is_help=True)
 import_app = typer.Typer(help="Import data into a local connection.", no_args_is_help=True)
 secrets_app = typer.Typer(help="Credential encryption keys.", no_args_is_help=True)
+connector_app = typer.Typer(help="Connector plugins: scaffold one, list the installed ones.", no_args_is_help=True)
 app.add_typer(tenants_app, name="tenants")
 app.add_typer(keys_app, name="keys")
 app.add_typer(connections_app, name="connections")
 app.add_typer(import_app, name="import")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(connector_app, name="connector")
 
 console = Console(soft_wrap=True)
 DEMO_TENANT = "demo"
@@ -189,6 +191,51 @@ def sandbox(
     options = {key: value for key, value in {"seed_csv": seed_csv, "products": products, "seed": seed}.items()
                if value is not None}
     run(found[name].load()(**options), host, port)
+
+
+@connector_app.command("new")
+def connector_new(
+    name: str = typer.Argument(..., help="the connector's name: lowercase letters, digits and _, e.g. acme"),
+    directory: Path = typer.Option(Path("."), "--dir", help="where to create tillgate-connector-NAME/"),
+) -> None:
+    """Scaffold a pip-installable connector package (connector, manifest, mapping, sandbox, tests)."""
+    from rich.markup import escape
+
+    from gateway.scaffold import ScaffoldError, scaffold_connector
+
+    try:
+        made = scaffold_connector(name, directory)
+    except ScaffoldError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(code=1) from None
+    console.print(f"created {made.root}/")
+    for file in made.files:
+        console.print(f"  {file}")
+    console.print("next (docs/writing-a-connector.md):")
+    console.print(f"  cd {made.root} && pip install -e '.[test]' && pytest", markup=False)
+    console.print(f"  tillgate sandbox {name}")
+
+
+@connector_app.command("list")
+def connector_list() -> None:
+    """List the installed connectors (entry points of ``tillgate.connectors``) and the package of each."""
+    from importlib.metadata import entry_points
+
+    from rich.markup import escape
+
+    from gateway.sdk.registry import GROUP, ConnectorRegistry, ManifestInvalid
+
+    packages = {ep.name: f"{ep.dist.name} {ep.dist.version}" if ep.dist else "" for ep in entry_points(group=GROUP)}
+    try:
+        registry = ConnectorRegistry()
+    except ManifestInvalid as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(code=1) from None
+    table = Table("name", "version", "title", "package")
+    for name in registry.names():
+        manifest = registry.get(name).manifest
+        table.add_row(name, manifest["version"], manifest["title"], packages.get(name, ""))
+    console.print(table)
 
 
 @tenants_app.command("create")

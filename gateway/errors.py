@@ -24,6 +24,7 @@ Every error a client can see is a :class:`TillgateError`; the API renders it as
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -115,6 +116,13 @@ class UnsupportedMediaType(TillgateError):
 
 class ValidationFailed(TillgateError):
     status, code, title = 422, "validation_error", "The request is not valid"
+
+
+def field_error(loc: Iterable[str | int], msg: str, type_: str, *, code: str | None = None) -> ValidationFailed:
+    """A 422 naming one field: ``errors=[{"loc": [...], "msg": msg, "type": type_}]``, ``loc`` as
+    strings (``["body", "lines", "0", "quantity"]``, the shape ``schemas/problem.json`` shows),
+    ``code`` when it is more specific than ``validation_error``."""
+    return ValidationFailed(msg, code=code, errors=[{"loc": [str(part) for part in loc], "msg": msg, "type": type_}])
 
 
 class IdempotencyKeyReused(ValidationFailed):

@@ -1,8 +1,8 @@
 """The conformance suite (``gateway.testing.conformance``) instantiated for every connector.
 
 ``local`` has no vendor: it gets the checks that apply without one (valid records, write round
-trips, idempotent adjustments). ``apex`` and ``aipos`` run every check against their seeded
-sandboxes, replayed from ``cassettes/<connector>/`` (``TILLGATE_RECORD_CASSETTES=1`` records them
+trips, idempotent adjustments). ``apex``, ``aipos``, ``hqstore`` and ``tenantpos`` run every
+check against their seeded sandboxes, replayed from ``cassettes/<connector>/`` (``TILLGATE_RECORD_CASSETTES=1`` records them
 again); the fault check runs live in process. Both run on SQLite and PostgreSQL (the ``db`` fixture).
 """
 
@@ -22,7 +22,12 @@ from connectors.aipos.sandbox import create_app as aipos_create_app
 from connectors.aipos.sandbox import signature_header
 from connectors.apex import ApexConnector
 from connectors.apex.sandbox import create_app
+from connectors.hqstore import HQStoreConnector
+from connectors.hqstore.sandbox import create_app as hqstore_create_app
 from connectors.local import LocalConnector
+from connectors.tenantpos import TenantPOSConnector
+from connectors.tenantpos.sandbox import SEEDED_AT as TENANTPOS_SEEDED_AT
+from connectors.tenantpos.sandbox import create_app as tenantpos_create_app
 from gateway.testing.conformance import ConnectorConformance, Harness, WebhookDelivery
 
 CASSETTES = Path(__file__).resolve().parents[1] / "cassettes"
@@ -68,6 +73,55 @@ class TestApexConformance(ConnectorConformance):
         remote_id = max(records)
         del records[remote_id]
         return str(remote_id)
+
+
+def hqstore_sandbox() -> Any:
+    """Small and seeded: every list spans several 5-record pages. Access tokens live ten years so
+    the tokens recorded in ``cassettes/hqstore/`` are still unexpired when they are replayed (a
+    replay cannot refresh: the refresh request was never recorded)."""
+    return hqstore_create_app(products=12, customers=7, sales=6, seed=0, token_ttl=10 * 365 * 24 * 3600)
+
+
+class TestHQStoreConformance(ConnectorConformance):
+    """Every check against the seeded HQ/Store sandbox, replayed from ``cassettes/hqstore/``;
+    with a sync token, so the ``auto`` re-sync reads through ``GET /api/v1/sync/pull``."""
+
+    connector = HQStoreConnector
+    credentials: ClassVar[dict[str, Any]] = {"username": "admin", "pin": "1234", "sync_token": "hqs_sync_sandbox"}
+    bad_credentials: ClassVar[dict[str, Any] | None] = {"username": "admin", "pin": "0000"}
+    settings: ClassVar[dict[str, Any]] = {"page_size": 5}
+    sandbox = staticmethod(hqstore_sandbox)
+    base_url = "http://hqstore.sandbox.test"
+    cassette_dir = CASSETTES / "hqstore"
+
+    def vendor_ids(self, app: Any, entity: str) -> set[str]:
+        store = app.state.hqstore
+        if entity == "locations":
+            return set(store.stores)
+        if entity == "categories":
+            return set(store.departments)
+        if entity == "products":
+            return set(store.products)
+        if entity == "customers":
+            return set(store.customers)
+        if entity == "inventory":
+            return {f"{product}:{location}" for product, location in store.levels}
+        if entity == "orders":
+            return set(store.sales)
+        raise AssertionError(entity)
+
+    def delete_at_vendor(self, app: Any, entity: str) -> str:
+        """Purge one record at HQ (HQ/Store's own DELETE of a product only deactivates it)."""
+        store = app.state.hqstore
+        if entity == "products":
+            remote_id = list(store.products)[-1]
+            del store.products[remote_id]
+            for key in [k for k in store.levels if k[0] == remote_id]:
+                del store.levels[key]
+            return remote_id
+        remote_id = list(store.customers)[-1]
+        del store.customers[remote_id]
+        return remote_id
 
 
 def aipos_sandbox() -> Any:
@@ -197,3 +251,54 @@ class TestAIPOSConformance(ConnectorConformance):
         headers = {**delivery.headers, "aipos-event-id": new_id,
                    "aipos-signature": signature_header([secret], timestamp, new_id, body)}
         return replace(delivery, event_id=new_id, body=body, headers=headers)
+
+
+def tenantpos_sandbox() -> Any:
+    """Small and seeded: every list spans several 5-record pages; every 4th product has variants.
+    Seed 2 makes the first stock row (by id, the one the adjustment check adjusts) a product
+    without variants: an adjustment of a product with variants must name one."""
+    return tenantpos_create_app(products=12, customers=7, sales=6, stores=2, seed=2)
+
+
+class TestTenantPOSConformance(ConnectorConformance):
+    """Every check against the seeded TenantPOS sandbox (tenant ``demo``, logged in as its admin),
+    replayed from ``cassettes/tenantpos/``. TenantPOS sends no webhooks (Socket.IO only)."""
+
+    connector = TenantPOSConnector
+    credentials: ClassVar[dict[str, Any]] = {"email": "admin@demo.test", "password": "sandbox-password",
+                                             "tenant": "demo"}
+    bad_credentials: ClassVar[dict[str, Any] | None] = {"email": "admin@demo.test", "password": "wrong-password",
+                                                        "tenant": "demo"}
+    settings: ClassVar[dict[str, Any]] = {"page_size": 5}
+    volatile_body_fields: ClassVar[tuple[str, ...]] = ("reference",)  # tillgate-<adjustment id>
+    sandbox = staticmethod(tenantpos_sandbox)
+    base_url = "http://tenantpos.sandbox.test/api"
+    cassette_dir = CASSETTES / "tenantpos"
+    samples: ClassVar[dict[str, dict[str, Any]]] = {
+        "products": {"name": "Conformance Latte", "sku": "CONF-0001", "price": "4.50", "barcode": "CONF-0001"},
+        "customers": {"name": "Mia Conformance", "email": "mia@example.com", "phone": "+15550100"}}
+
+    def vendor_ids(self, app: Any, entity: str) -> set[str]:
+        tenant = app.state.tenantpos.tenants["demo"]
+        if entity == "locations":
+            return {s.id for s in tenant.stores.values() if s.deleted_at is None}
+        if entity == "categories":
+            return {c.id for c in tenant.categories.values() if c.deleted_at is None}
+        if entity == "products":
+            return {p.id for p in tenant.products.values() if p.deleted_at is None}
+        if entity == "customers":
+            return {c.id for c in tenant.customers.values() if c.deleted_at is None}
+        if entity == "inventory":
+            return {r.id for r in tenant.stock.values() if tenant.products[r.product_id].deleted_at is None
+                    and (r.variant_id is None or tenant.products[r.product_id].variant(r.variant_id) is not None)}
+        if entity == "orders":
+            return set(tenant.sales)
+        raise AssertionError(entity)
+
+    def delete_at_vendor(self, app: Any, entity: str) -> str:
+        """Soft-delete (as TenantPOS's DELETE does) the record with the greatest id, at a fixed time."""
+        tenant = app.state.tenantpos.tenants["demo"]
+        table = tenant.products if entity == "products" else tenant.customers
+        record = table[max(k for k, v in table.items() if v.deleted_at is None)]
+        record.deleted_at = record.updated_at = TENANTPOS_SEEDED_AT
+        return record.id

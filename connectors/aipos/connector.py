@@ -17,7 +17,7 @@ import math
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, ClassVar
 
@@ -28,10 +28,10 @@ from gateway.errors import (
     Conflict,
     NotFound,
     TillgateError,
-    ValidationFailed,
     VendorError,
     WebhookMalformed,
     WebhookSignatureInvalid,
+    field_error,
 )
 from gateway.mapping import (
     MappingContext,
@@ -46,7 +46,7 @@ from gateway.sdk.auth import BearerToken
 from gateway.sdk.connector import InboundEvent, Page, RemoteRecord, load_manifest, page_fingerprint
 from gateway.sdk.http import VendorClient, VendorNotFound, VendorRequestRejected
 from gateway.sdk.pagination import BasePaginator
-from gateway.sdk.remote import RemoteConnector
+from gateway.sdk.remote import RemoteConnector, since_param, vendor_time
 from gateway.services import adjustments, inventory_links, journal, records
 from gateway.services.adjustments import render_adjustment
 from gateway.services.locks import LockBusy
@@ -80,34 +80,16 @@ _HUNDRED = Decimal(100)
 
 
 # -- small helpers -----------------------------------------------------------------------------------
-def _invalid(loc: tuple[str, ...], msg: str, type_: str, *, code: str | None = None) -> ValidationFailed:
-    return ValidationFailed(msg, code=code, errors=[{"loc": list(loc), "msg": msg, "type": type_}])
 
 
 def _whole(value: Decimal, loc: tuple[str, ...]) -> int:
     if value != value.to_integral_value():
-        raise _invalid(loc, "AI POS quantities are whole numbers", "not_integer")
+        raise field_error(loc, "AI POS quantities are whole numbers", "not_integer")
     return int(value)
 
 
-def _parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 vendor time as aware UTC (naive taken as UTC); ``None`` when absent or unreadable."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
-    except (ValueError, OverflowError):
-        return None
 
 
-def _since_param(since: datetime) -> str:
-    """``updated_since`` value: RFC 3339 UTC in whole seconds, floored (the filter is "at or after",
-    so flooring can only read a little more, never less)."""
-    moment = since.astimezone(UTC) if since.tzinfo else since
-    return moment.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 def _vendor_error(response: httpx.Response) -> tuple[str | None, str | None]:
@@ -352,8 +334,8 @@ class AIPOSConnector(RemoteConnector):
         if entity == "inventory":
             available = body["on_hand"] - self.safety_stock
             body["available"] = available if available > 0 else Decimal(0)
-        return RemoteRecord(remote_id=remote_id, body=body, raw=raw, remote_updated_at=_parse_time(raw.get("updated_at")),
-                            created_at=_parse_time(raw.get("created_at")))
+        return RemoteRecord(remote_id=remote_id, body=body, raw=raw, remote_updated_at=vendor_time(raw.get("updated_at")),
+                            created_at=vendor_time(raw.get("created_at")))
 
     # -- reads -------------------------------------------------------------------------------------
     async def fetch(self, entity: str, *, since: datetime | None = None,
@@ -382,7 +364,7 @@ class AIPOSConnector(RemoteConnector):
             maps = {ref: await self._id_map(ref) for ref in REFERENCES.get(entity, ()) if ref != "locations"}
             if "locations" in REFERENCES.get(entity, ()):  # made up, so cached on demand
                 maps["locations"] = {STORE_ID: await self._store_location_id()}
-            since_text = _since_param(since) if since is not None else None
+            since_text = since_param(since) if since is not None else None
             start = None
             if checkpoint and checkpoint.get("after"):  # resume the same filtered list
                 start = {"after": str(checkpoint["after"])}
@@ -542,7 +524,7 @@ class AIPOSConnector(RemoteConnector):
             return _MAPPINGS[entity].write(data, self._ctx(remote=remote))
         except MappingError as exc:
             field = (exc.field or "body").lstrip(".")
-            raise _invalid(("body", *[p for p in re.split(r"[.\[\]]+", field) if p]), str(exc),
+            raise field_error(("body", *[p for p in re.split(r"[.\[\]]+", field) if p]), str(exc),
                            "unsupported_by_vendor") from exc
 
     async def _post(self, client: VendorClient, path: str, body: dict[str, Any], key: str) -> Any:
@@ -553,22 +535,22 @@ class AIPOSConnector(RemoteConnector):
 
     def _check_currency(self, currency: str | None) -> None:
         if currency and currency.upper() != self.currency:
-            raise _invalid(("body", "currency"), f"this AI POS account works in {self.currency}",
+            raise field_error(("body", "currency"), f"this AI POS account works in {self.currency}",
                            "unsupported_by_vendor")
 
     def _check_catalog_fields(self, body: Any) -> None:
         """Refuse what AI POS cannot hold and would change the product's meaning."""
         if body.variants:
-            raise _invalid(("body", "variants"), "AI POS products have no variants", "unsupported_by_vendor")
+            raise field_error(("body", "variants"), "AI POS products have no variants", "unsupported_by_vendor")
         if body.category_ids:
-            raise _invalid(("body", "category_ids"), "AI POS categories are free text; this connection has no "
+            raise field_error(("body", "category_ids"), "AI POS categories are free text; this connection has no "
                            "category records", "unsupported_by_vendor")
         taxes = body.taxes or []
         if len(taxes) > 1 or any(tax.compound for tax in taxes):
-            raise _invalid(("body", "taxes"), "AI POS products carry one simple tax rate", "unsupported_by_vendor")
+            raise field_error(("body", "taxes"), "AI POS products carry one simple tax rate", "unsupported_by_vendor")
         given = "tax_inclusive" in body.model_fields_set and body.tax_inclusive is not None
         if given and body.tax_inclusive != bool(self.settings.get("tax_inclusive")):
-            raise _invalid(("body", "tax_inclusive"), "AI POS prices are "
+            raise field_error(("body", "tax_inclusive"), "AI POS prices are "
                            + ("tax-inclusive" if self.settings.get("tax_inclusive") else "tax-exclusive")
                            + " on this connection", "unsupported_by_vendor")
 
@@ -617,9 +599,9 @@ class AIPOSConnector(RemoteConnector):
             ValidationFailed: an address, credit limit or other currency (AI POS keeps none).
         """
         if body.address is not None:
-            raise _invalid(("body", "address"), "AI POS customers have no address", "unsupported_by_vendor")
+            raise field_error(("body", "address"), "AI POS customers have no address", "unsupported_by_vendor")
         if body.credit_limit is not None:
-            raise _invalid(("body", "credit_limit"), "AI POS customers have no credit account", "unsupported_by_vendor")
+            raise field_error(("body", "credit_limit"), "AI POS customers have no credit account", "unsupported_by_vendor")
         self._check_currency(body.currency)
         vendor_body = self._write_body("customers", body.model_dump(), {})
         async with self._session() as client:
@@ -642,28 +624,28 @@ class AIPOSConnector(RemoteConnector):
             Conflict: ``insufficient_stock`` (the vendor's 409; nothing was sold).
         """
         if body.placed_at is not None:
-            raise _invalid(("body", "placed_at"), "AI POS dates a sale when it is made", "unsupported_by_vendor")
+            raise field_error(("body", "placed_at"), "AI POS dates a sale when it is made", "unsupported_by_vendor")
         self._check_currency(body.currency)
         if body.location_id is not None and body.location_id != await self._store_location_id():
-            raise _invalid(("body", "location_id"), "not the store location of this connection", "unknown_location")
+            raise field_error(("body", "location_id"), "not the store location of this connection", "unknown_location")
         methods = {payment.method for payment in body.payments}
         if len(methods) != 1:
-            raise _invalid(("body", "payments"), "AI POS records exactly one payment method per sale",
+            raise field_error(("body", "payments"), "AI POS records exactly one payment method per sale",
                            "unsupported_by_vendor", code="single_payment_method_required")
         data = body.model_dump()
         for n, line in enumerate(body.lines):
             loc = ("body", "lines", str(n))
             if line.variant_id:
-                raise _invalid((*loc, "variant_id"), "AI POS products have no variants", "unsupported_by_vendor")
+                raise field_error((*loc, "variant_id"), "AI POS products have no variants", "unsupported_by_vendor")
             if line.discount:
-                raise _invalid((*loc, "discount"), "AI POS sales take no discounts", "unsupported_by_vendor")
+                raise field_error((*loc, "discount"), "AI POS sales take no discounts", "unsupported_by_vendor")
             _whole(line.quantity, (*loc, "quantity"))
             product = await self._live("products", line.product_id) if line.product_id else None
             if product is None and line.sku and not line.product_id:
                 async with self.db.read() as conn:
                     product = await records.find_product_by_sku(conn, connection_id=self.context.id, sku=line.sku)
             if product is None:
-                raise _invalid((*loc, "product_id"), "no such product on this connection", "unknown_product")
+                raise field_error((*loc, "product_id"), "no such product on this connection", "unknown_product")
             data["lines"][n]["product_id"] = product["id"]
         remote = {
             "products": await self._remote_map("products", [line["product_id"] for line in data["lines"]]),
@@ -727,9 +709,9 @@ class AIPOSConnector(RemoteConnector):
     @staticmethod
     def _check_whole_refund(order: dict[str, Any], body: Any) -> None:
         if body.refunded_at is not None:
-            raise _invalid(("body", "refunded_at"), "AI POS dates a refund when it is made", "unsupported_by_vendor")
+            raise field_error(("body", "refunded_at"), "AI POS dates a refund when it is made", "unsupported_by_vendor")
         if not body.restock:
-            raise _invalid(("body", "restock"), "AI POS always puts refunded goods back in stock",
+            raise field_error(("body", "restock"), "AI POS always puts refunded goods back in stock",
                            "unsupported_by_vendor", code="restock_required")
         if body.lines is None:
             return
@@ -737,10 +719,10 @@ class AIPOSConnector(RemoteConnector):
         asked: dict[str, Decimal] = {}
         for n, line in enumerate(body.lines):
             if line.line_id not in quantities:
-                raise _invalid(("body", "lines", str(n), "line_id"), "not a line of this order", "unknown_line")
+                raise field_error(("body", "lines", str(n), "line_id"), "not a line of this order", "unknown_line")
             asked[line.line_id] = asked.get(line.line_id, Decimal(0)) + line.quantity
         if asked != quantities:
-            raise _invalid(("body", "lines"), "AI POS refunds whole sales only: leave out lines, or list every "
+            raise field_error(("body", "lines"), "AI POS refunds whole sales only: leave out lines, or list every "
                            "line with its full quantity", "unsupported_by_vendor", code="partial_refund_unsupported")
 
     async def receipt_pdf(self, order_id: str) -> bytes:
@@ -793,16 +775,16 @@ class AIPOSConnector(RemoteConnector):
             ValidationFailed: unknown product or location, a variant, a fractional delta.
         """
         if body.variant_id:
-            raise _invalid(("body", "variant_id"), "AI POS products have no variants", "unsupported_by_vendor")
+            raise field_error(("body", "variant_id"), "AI POS products have no variants", "unsupported_by_vendor")
         product = await self._live("products", body.product_id) if body.product_id else None
         if product is None and body.sku and not body.product_id:
             async with self.db.read() as conn:
                 product = await records.find_product_by_sku(conn, connection_id=self.context.id, sku=body.sku)
         if product is None:
-            raise _invalid(("body", "product_id"), "no such product on this connection", "unknown_product")
+            raise field_error(("body", "product_id"), "no such product on this connection", "unknown_product")
         location = await self._live("locations", body.location_id)
         if location is None or location["remote_id"] != STORE_ID:
-            raise _invalid(("body", "location_id"), "no such location on this connection", "unknown_location")
+            raise field_error(("body", "location_id"), "no such location on this connection", "unknown_location")
         delta = _whole(body.delta, ("body", "delta"))
         return await adjustments.store_delta(self.db, self.context, product_id=product["id"], location_id=location["id"],
                                              delta=delta, reason=body.reason, reference=body.reference)
@@ -976,7 +958,7 @@ class AIPOSConnector(RemoteConnector):
         if event_type == "inventory.low" and not isinstance(obj.get("product_id"), str):
             raise WebhookMalformed("the inventory.low object has no product_id")
         created = doc.get("created_at")
-        occurred_at = _parse_time(created)
+        occurred_at = vendor_time(created)
         if created is not None and occurred_at is None:
             raise WebhookMalformed("the webhook body's created_at is not an RFC 3339 time")
         return InboundEvent(id=event_id, type=event_type, occurred_at=occurred_at, payload=doc)

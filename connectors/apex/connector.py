@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from sqlalchemy import select, update
 
 from gateway import jsonutil
-from gateway.errors import Conflict, NotFound, TillgateError, ValidationFailed, VendorError
+from gateway.errors import Conflict, NotFound, TillgateError, VendorError, field_error
 from gateway.mapping import MappingContext, MappingError, dumps_vendor_body, load_connector_mappings
 from gateway.sdk.auth import ApiKeyHeader
 from gateway.sdk.connector import Page, RemoteRecord, load_manifest, page_fingerprint
@@ -60,13 +60,11 @@ class StockRow(dict):
         self.read_at = read_at
 
 
-def _invalid(loc: tuple[str, ...], msg: str, type_: str, *, code: str | None = None) -> ValidationFailed:
-    return ValidationFailed(msg, code=code, errors=[{"loc": list(loc), "msg": msg, "type": type_}])
 
 
 def _whole(value: Decimal, loc: tuple[str, ...]) -> int:
     if value != value.to_integral_value():
-        raise _invalid(loc, "Apex stock and sale quantities are whole numbers", "not_integer")
+        raise field_error(loc, "Apex stock and sale quantities are whole numbers", "not_integer")
     return int(value)
 
 
@@ -197,7 +195,7 @@ class ApexConnector(RemoteConnector):
             return _MAPPINGS[entity].write(data, self._ctx(remote=remote))
         except MappingError as exc:
             field = (exc.field or "body").lstrip(".")
-            raise _invalid(("body", *[p for p in field.split(".") if p]), str(exc), "unsupported_by_vendor") from exc
+            raise field_error(("body", *[p for p in field.split(".") if p]), str(exc), "unsupported_by_vendor") from exc
 
     async def _send(self, client: VendorClient, method: str, path: str, body: dict[str, Any]) -> Any:
         return await client.json(method, path, content=dumps_vendor_body(body), headers=JSON_HEADERS)
@@ -253,7 +251,7 @@ class ApexConnector(RemoteConnector):
         """``POST /products``, then the product as listed is cached. Apex has no SKU: a ``sku`` is
         sent as the barcode when no barcode is given; variants are refused."""
         if body.variants:
-            raise _invalid(("body", "variants"), "Apex products have no variants", "unsupported_by_vendor")
+            raise field_error(("body", "variants"), "Apex products have no variants", "unsupported_by_vendor")
         data = body.model_dump()
         if not data.get("barcode") and data.get("sku"):
             data["barcode"] = data["sku"]
@@ -270,7 +268,7 @@ class ApexConnector(RemoteConnector):
         if current is None:
             raise NotFound(f"no product {product_id!r} on this connection")
         if body.variants:
-            raise _invalid(("body", "variants"), "Apex products have no variants", "unsupported_by_vendor")
+            raise field_error(("body", "variants"), "Apex products have no variants", "unsupported_by_vendor")
         data = body.model_dump(exclude_unset=True)
         if not data.get("barcode") and data.get("sku"):
             data["barcode"] = data["sku"]
@@ -295,11 +293,11 @@ class ApexConnector(RemoteConnector):
         invoice as listed is cached (``order.created``)."""
         for n, line in enumerate(body.lines):
             if not line.product_id:
-                raise _invalid(("body", "lines", str(n), "product_id"), "Apex has no SKUs: give product_id", "missing")
+                raise field_error(("body", "lines", str(n), "product_id"), "Apex has no SKUs: give product_id", "missing")
             if line.variant_id:
-                raise _invalid(("body", "lines", str(n), "variant_id"), "Apex products have no variants", "unsupported_by_vendor")
+                raise field_error(("body", "lines", str(n), "variant_id"), "Apex products have no variants", "unsupported_by_vendor")
             if line.discount:
-                raise _invalid(("body", "lines", str(n), "discount"), "Apex invoices take no discounts", "unsupported_by_vendor")
+                raise field_error(("body", "lines", str(n), "discount"), "Apex invoices take no discounts", "unsupported_by_vendor")
             _whole(line.quantity, ("body", "lines", str(n), "quantity"))
         data = body.model_dump()
         remote = {
@@ -317,16 +315,16 @@ class ApexConnector(RemoteConnector):
     async def _stock_refs(self, product_id: str | None, sku: str | None, variant_id: str | None,
                           location_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         if variant_id:
-            raise _invalid(("body", "variant_id"), "Apex products have no variants", "unsupported_by_vendor")
+            raise field_error(("body", "variant_id"), "Apex products have no variants", "unsupported_by_vendor")
         product = await self._live("products", product_id) if product_id else None
         if product is None and sku:
             async with self.db.read() as conn:
                 product = await records.find_product_by_sku(conn, connection_id=self.context.id, sku=sku)
         if product is None:
-            raise _invalid(("body", "product_id"), "no such product on this connection", "unknown_product")
+            raise field_error(("body", "product_id"), "no such product on this connection", "unknown_product")
         location = await self._live("locations", location_id)
         if location is None:
-            raise _invalid(("body", "location_id"), "no such location on this connection", "unknown_location")
+            raise field_error(("body", "location_id"), "no such location on this connection", "unknown_location")
         return product, location
 
     async def _read_stock(self, client: VendorClient, pid: int, wid: int) -> dict[str, Any]:
@@ -566,7 +564,7 @@ class ApexConnector(RemoteConnector):
         if location is None:
             raise NotFound(f"no location {location_id!r} on this connection")
         if body.variant_id:
-            raise _invalid(("body", "variant_id"), "Apex products have no variants", "unsupported_by_vendor")
+            raise field_error(("body", "variant_id"), "Apex products have no variants", "unsupported_by_vendor")
         target = _whole(body.on_hand, ("body", "on_hand"))
         pid, wid = int(product["remote_id"]), int(location["remote_id"])
         async with adjustments.stock_lock(self.db, self.context.id, product["id"], location["id"]), \

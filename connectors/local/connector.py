@@ -25,7 +25,7 @@ from sqlalchemy import func, insert, select, update
 
 from connectors.local import engine as E
 from gateway import jsonutil
-from gateway.errors import Conflict, NotFound, ValidationFailed
+from gateway.errors import Conflict, NotFound, field_error
 from gateway.ids import new_id
 from gateway.sdk.connector import Connector, load_manifest
 from gateway.services import adjustments, inventory_links, records
@@ -36,9 +36,6 @@ from gateway.storage.uow import UnitOfWork
 Loc = tuple[Any, ...]
 
 
-def _invalid(loc: Loc, msg: str, type_: str, *, code: str | None = None) -> ValidationFailed:
-    """A 422 naming one field (``loc`` starts with ``"body"``)."""
-    return ValidationFailed(msg, code=code, errors=[{"loc": [str(p) for p in loc], "msg": msg, "type": type_}])
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -326,7 +323,7 @@ class LocalConnector(Connector):
         """
         async with self.db.transaction(self.context.tenant_id) as uow:
             if body.parent_id and await self._load(uow.conn, "categories", body.parent_id) is None:
-                raise _invalid(("body", "parent_id"), "no such category on this connection", "unknown_category")
+                raise field_error(("body", "parent_id"), "no such category on this connection", "unknown_category")
             category_id = new_id("category")
             return await self._upsert(uow, "categories", category_id, {"name": body.name, "parent_id": body.parent_id})
 
@@ -334,21 +331,21 @@ class LocalConnector(Connector):
     async def _check_categories(self, conn: Any, category_ids: list[str]) -> None:
         for index, category_id in enumerate(category_ids):
             if await self._load(conn, "categories", category_id) is None:
-                raise _invalid(("body", "category_ids", index), "no such category on this connection", "unknown_category")
+                raise field_error(("body", "category_ids", index), "no such category on this connection", "unknown_category")
 
     async def _check_sku(self, conn: Any, sku: str | None, product_id: str | None) -> None:
         if not sku:
             return
         other = await records.find_product_by_sku(conn, connection_id=self.context.id, sku=sku)
         if other is not None and other["id"] != product_id:
-            raise _invalid(("body", "sku"), f"a product with SKU {sku!r} already exists", "duplicate_sku", code="duplicate_sku")
+            raise field_error(("body", "sku"), f"a product with SKU {sku!r} already exists", "duplicate_sku", code="duplicate_sku")
 
     def _variants(self, given: list[Any], existing: list[dict[str, Any]]) -> list[dict[str, Any]]:
         known = {v["id"]: v for v in existing}
         out = []
         for index, variant in enumerate(given):
             if variant.id is not None and variant.id not in known:
-                raise _invalid(("body", "variants", index, "id"), "not a variant of this product", "unknown_variant")
+                raise field_error(("body", "variants", index, "id"), "not a variant of this product", "unknown_variant")
             variant_id = variant.id or new_id("variant")
             out.append(
                 {
@@ -369,7 +366,7 @@ class LocalConnector(Connector):
         try:
             rate = E.rate_str(E.effective_rate(components))
         except E.AmountOutOfRange as exc:
-            raise _invalid(("body", "taxes"), str(exc), "amount_out_of_range") from None
+            raise field_error(("body", "taxes"), str(exc), "amount_out_of_range") from None
         return rate, [{"name": c.name, "rate": E.rate_str(c.rate), "compound": c.compound} for c in components]
 
     async def create_product(self, body: Any) -> dict[str, Any]:
@@ -385,7 +382,7 @@ class LocalConnector(Connector):
                 category, or a currency other than the connection's.
         """
         if body.currency and body.currency != self.currency:
-            raise _invalid(("body", "currency"), f"this connection sells in {self.currency}", "currency_mismatch")
+            raise field_error(("body", "currency"), f"this connection sells in {self.currency}", "currency_mismatch")
         components = E.components_from(body.taxes, body.tax_rate)
         tax_rate, taxes = self._taxes(components)
         threshold = E.to_milli(Decimal(body.low_stock_threshold)) if body.low_stock_threshold else self.default_threshold_milli
@@ -492,22 +489,22 @@ class LocalConnector(Connector):
         if product_id:
             product = await self._load(conn, "products", product_id)
             if product is None:
-                raise _invalid((*loc, "product_id"), "no such product on this connection", "unknown_product")
+                raise field_error((*loc, "product_id"), "no such product on this connection", "unknown_product")
         else:
             product = await records.find_product_by_sku(conn, connection_id=self.context.id, sku=sku or "")
             if product is None:
                 product, variant = await self._find_by_variant_sku(conn, sku or "")
             if product is None:
-                raise _invalid((*loc, "sku"), f"no product with SKU {sku!r}", "unknown_sku")
+                raise field_error((*loc, "sku"), f"no product with SKU {sku!r}", "unknown_sku")
         if variant_id:
             match = [v for v in product.get("variants") or [] if v["id"] == variant_id]
             if not match or (variant is not None and variant["id"] != variant_id):
-                raise _invalid((*loc, "variant_id"), "not a variant of this product", "unknown_variant")
+                raise field_error((*loc, "variant_id"), "not a variant of this product", "unknown_variant")
             variant = match[0]
         if product.get("variants") and variant is None:
-            raise _invalid((*loc, "variant_id"), "the product has variants: name one", "variant_required")
+            raise field_error((*loc, "variant_id"), "the product has variants: name one", "variant_required")
         if for_sale and (not product.get("active") or (variant is not None and not variant.get("active"))):
-            raise _invalid((*loc, "product_id"), "the product is not active", "inactive_product")
+            raise field_error((*loc, "product_id"), "the product is not active", "inactive_product")
         return product, variant
 
     # -- customers -------------------------------------------------------------------------------
@@ -519,7 +516,7 @@ class LocalConnector(Connector):
             ValidationFailed: a currency other than the connection's.
         """
         if body.currency and body.currency != self.currency:
-            raise _invalid(("body", "currency"), f"this connection works in {self.currency}", "currency_mismatch")
+            raise field_error(("body", "currency"), f"this connection works in {self.currency}", "currency_mismatch")
         async with self.db.transaction(self.context.tenant_id) as uow:
             customer_id = new_id("customer")
             return await self._upsert(
@@ -619,19 +616,19 @@ class LocalConnector(Connector):
         """
         currency = self.currency
         if body.currency and body.currency != currency:
-            raise _invalid(("body", "currency"), f"this connection sells in {currency}", "currency_mismatch")
+            raise field_error(("body", "currency"), f"this connection sells in {currency}", "currency_mismatch")
         async with self.db.transaction(self.context.tenant_id) as uow:
             conn = uow.conn
             if body.location_id:
                 location = await self._load(conn, "locations", body.location_id)
                 if location is None:
-                    raise _invalid(("body", "location_id"), "no such location on this connection", "unknown_location")
+                    raise field_error(("body", "location_id"), "no such location on this connection", "unknown_location")
             else:
                 location = await self._default_location(conn)
                 if location is None:
-                    raise _invalid(("body", "location_id"), "the connection has no location", "unknown_location")
+                    raise field_error(("body", "location_id"), "the connection has no location", "unknown_location")
             if body.customer_id and await self._load(conn, "customers", body.customer_id) is None:
-                raise _invalid(("body", "customer_id"), "no such customer on this connection", "unknown_customer")
+                raise field_error(("body", "customer_id"), "no such customer on this connection", "unknown_customer")
 
             lines: list[dict[str, Any]] = []
             needs: dict[tuple[str, str], int] = defaultdict(int)
@@ -654,9 +651,9 @@ class LocalConnector(Connector):
                         inclusive=bool(product.get("tax_inclusive")), currency=currency,
                     )
                 except E.AmountOutOfRange as exc:
-                    raise _invalid(loc, str(exc), "amount_out_of_range") from None
+                    raise field_error(loc, str(exc), "amount_out_of_range") from None
                 except ValueError:
-                    raise _invalid((*loc, "discount"), "the discount exceeds quantity × unit_price", "discount_too_large") from None
+                    raise field_error((*loc, "discount"), "the discount exceeds quantity × unit_price", "discount_too_large") from None
                 name = product["name"] if variant is None else f"{product['name']} / {variant['name']}"
                 lines.append(
                     {
@@ -683,7 +680,7 @@ class LocalConnector(Connector):
                     needs[(product["id"], variant["id"] if variant else "")] += E.to_milli(item.quantity)
 
             if subtotal >= E.MAX_AMOUNT or total >= E.MAX_AMOUNT or any(m >= E.MAX_AMOUNT * E.MILLI for m in needs.values()):
-                raise _invalid(("body", "lines"), "the order's totals or quantities are out of range "
+                raise field_error(("body", "lines"), "the order's totals or quantities are out of range "
                                "(at most 15 integer digits)", "amount_out_of_range")
             settlement = E.settle(total, [(p.method, p.amount) for p in body.payments], currency)
             points = E.loyalty_points(settlement.amount_paid, self.points_per_unit) if body.customer_id else 0
@@ -697,7 +694,7 @@ class LocalConnector(Connector):
             for (product_id, variant_id), milli in needs.items():
                 level = await self._level(conn, product_id, variant_id, location["id"])
                 if level is None:
-                    raise _invalid(("body", "lines"), f"product {product_id} has no stock level at this location", "no_stock_level")
+                    raise field_error(("body", "lines"), f"product {product_id} has no stock level at this location", "no_stock_level")
                 levels.append((level, milli))
             levels.sort(key=lambda pair: pair[0].id)
             applied = []
@@ -718,7 +715,7 @@ class LocalConnector(Connector):
             if body.customer_id:
                 customer = await self._lock_record(uow, "customers", body.customer_id)
                 if customer is None:
-                    raise _invalid(("body", "customer_id"), "no such customer on this connection", "unknown_customer")
+                    raise field_error(("body", "customer_id"), "no such customer on this connection", "unknown_customer")
             if settlement.credit > 0:
                 self._check_credit(body, customer, settlement.credit)
 
@@ -764,13 +761,13 @@ class LocalConnector(Connector):
         """Raise a 422 unless ``customer`` has an account with room for ``credit``."""
         credit_index = next(i for i, p in enumerate(body.payments) if p.method == "credit")
         if customer is None or customer.get("credit_limit") is None:
-            raise _invalid(
+            raise field_error(
                 ("body", "payments", credit_index, "method"),
                 "the credit tender needs a customer with a credit limit", "no_credit_account",
                 code="no_credit_account",
             )
         if Decimal(customer["balance"]) + credit > Decimal(customer["credit_limit"]):
-            raise _invalid(
+            raise field_error(
                 ("body", "payments", credit_index, "amount"),
                 f"balance {customer['balance']} + {credit} exceeds the credit limit {customer['credit_limit']}",
                 "credit_limit_exceeded", code="credit_limit_exceeded",
@@ -846,11 +843,11 @@ class LocalConnector(Connector):
             else:
                 for index, rl in enumerate(body.lines):
                     if rl.line_id not in line_milli:
-                        raise _invalid(("body", "lines", index, "line_id"), "not a line of this order", "unknown_line")
+                        raise field_error(("body", "lines", index, "line_id"), "not a line of this order", "unknown_line")
                     requested[rl.line_id] += E.to_milli(rl.quantity)
                     if done_milli[rl.line_id] + requested[rl.line_id] > line_milli[rl.line_id]:
                         left = line_milli[rl.line_id] - done_milli[rl.line_id]
-                        raise _invalid(
+                        raise field_error(
                             ("body", "lines", index, "quantity"),
                             f"at most {E.qty_str(left)} of this line can still be refunded",
                             "refund_exceeds_remaining", code="refund_exceeds_remaining",
@@ -952,7 +949,7 @@ class LocalConnector(Connector):
             conn = uow.conn
             product, variant = await self._resolve_item(conn, body.product_id, body.sku, body.variant_id, ("body",), for_sale=False)
             if await self._load(conn, "locations", body.location_id) is None:
-                raise _invalid(("body", "location_id"), "no such location on this connection", "unknown_location")
+                raise field_error(("body", "location_id"), "no such location on this connection", "unknown_location")
             level = await self._tracked_level(conn, product, variant, body.location_id)
             delta = E.to_milli(body.delta)
             row = await self._apply_delta(uow, level.id, delta, guard=True)
@@ -1015,10 +1012,10 @@ class LocalConnector(Connector):
 
     async def _tracked_level(self, conn: Any, product: dict[str, Any], variant: dict[str, Any] | None, location_id: str) -> Any:
         if not product.get("track_inventory"):
-            raise _invalid(("body", "product_id"), "the product does not track inventory", "not_tracked", code="not_tracked")
+            raise field_error(("body", "product_id"), "the product does not track inventory", "not_tracked", code="not_tracked")
         level = await self._level(conn, product["id"], variant["id"] if variant else "", location_id)
         if level is None:
-            raise _invalid(("body", "location_id"), "no stock level for this product here", "no_stock_level")
+            raise field_error(("body", "location_id"), "no stock level for this product here", "no_stock_level")
         return level
 
     async def set_inventory_count(self, product_id: str, location_id: str, body: Any) -> dict[str, Any]:

@@ -233,9 +233,16 @@ def t_to_minor_units(value: Any, args: Mapping[str, Any], context: MappingContex
 def t_thousandths(value: Any, args: Mapping[str, Any], context: MappingContext) -> Decimal:
     """Integer thousandths (milli-units of quantity) → ``Decimal`` with 3 places.
 
-    ``1250`` → ``Decimal("1.250")``; ``2000`` → ``Decimal("2.000")``.
+    ``1250`` → ``Decimal("1.250")``; ``2000`` → ``Decimal("2.000")``. With ``strip_zeros: true``
+    trailing zeros are dropped: ``2000`` → ``Decimal("2")``, ``1250`` → ``Decimal("1.25")``.
     """
-    return Decimal(_to_int(value, "whole thousandths")).scaleb(-3)
+    number = Decimal(_to_int(value, "whole thousandths")).scaleb(-3)
+    return _strip_zeros(number) if args.get("strip_zeros") else number
+
+
+def _check_strip_zeros(args: Mapping[str, Any]) -> None:
+    if "strip_zeros" in args and not isinstance(args["strip_zeros"], bool):
+        raise TransformError("strip_zeros must be true or false")
 
 
 def t_to_thousandths(value: Any, args: Mapping[str, Any], context: MappingContext) -> int:
@@ -606,7 +613,7 @@ TRANSFORMS: dict[str, Transform] = dict([
     _t("decimal_to_number", t_decimal_to_number, args=_ROUND, check=_check_rounding),
     _t("minor_units", t_minor_units, args=("exponent", "currency"), check=_check_exponent),
     _t("to_minor_units", t_to_minor_units, args=("exponent", "currency", "rounding"), check=_check_exponent),
-    _t("thousandths", t_thousandths),
+    _t("thousandths", t_thousandths, args=("strip_zeros",), check=_check_strip_zeros),
     _t("to_thousandths", t_to_thousandths, args=("rounding",), check=_check_rounding),
     _t("basis_points", t_basis_points),
     _t("to_basis_points", t_to_basis_points, args=("rounding",), check=_check_rounding),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -24,6 +25,25 @@ from gateway.mapping import MappingContext
 from gateway.sdk.connector import Connector
 from gateway.sdk.http import VendorClient
 from gateway.storage import tables as t
+
+
+def vendor_time(value: Any) -> datetime | None:
+    """A vendor's ISO 8601 / RFC 3339 time (``2026-01-05T09:00:00.000Z``, ``...+05:30``; naive
+    taken as UTC) as an aware UTC datetime; ``None`` when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except (ValueError, OverflowError):
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def since_param(since: datetime) -> str:
+    """An "updated at or after" filter value: RFC 3339 UTC in whole seconds with ``Z``, floored
+    (flooring can only read a little more, never less); naive ``since`` is taken as UTC."""
+    moment = since.astimezone(UTC) if since.tzinfo else since
+    return moment.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 class RemoteConnector(Connector):

@@ -98,6 +98,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import os
 import time
@@ -509,6 +510,10 @@ class ConnectorConformance:
     #: delta of the adjustment checks (whole units: every POS takes them)
     adjust_delta: ClassVar[int] = 3
     webhook_signature_header: ClassVar[str | None] = None
+    #: top-level members of JSON request bodies whose values differ on every run (a vendor
+    #: reference built from a gateway id, e.g. TenantPOS's ``reference``): written to cassettes
+    #: and matched as ``"<volatile>"``, so a replay still matches method, path, query and the rest
+    volatile_body_fields: ClassVar[tuple[str, ...]] = ()
 
     # -- which checks exist ----------------------------------------------------------------------
     @classmethod
@@ -643,6 +648,7 @@ class ConnectorConformance:
             before_record_response=_scrub_response,
             ignore_hosts=[API_HOST],
             decode_compressed_response=True,
+            before_record_request=_volatile_scrubber(self.volatile_body_fields),
         )
         with recorder.use_cassette(name):
             yield
@@ -948,6 +954,29 @@ class ConnectorConformance:
         touched = {(EVENT_NOUN[entity], remote_id) for entity, remote_id in newest}
         polled = [e for e in (await harness.events())[len(events):] if (e[0].split(".")[0], e[1]) in touched]
         assert not polled, f"the sync after the webhooks emitted {polled} ({results})"
+
+
+def _volatile_scrubber(fields: tuple[str, ...]) -> Callable[[Any], Any] | None:
+    """A vcrpy ``before_record_request`` writing ``"<volatile>"`` for ``fields`` of a JSON object
+    body (recorded and matched alike); ``None`` when there are none."""
+    if not fields:
+        return None
+
+    def scrub(request: Any) -> Any:
+        body = request.body
+        if not body:
+            return request
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return request
+        if not isinstance(doc, dict) or not set(fields) & doc.keys():
+            return request
+        request = copy.deepcopy(request)
+        request.body = json.dumps({k: "<volatile>" if k in fields else v for k, v in doc.items()}).encode()
+        return request
+
+    return scrub
 
 
 def _scrub_response(response: dict[str, Any]) -> dict[str, Any]:
