@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 from gateway.storage.db import Database
 from gateway.storage.migrate import upgrade
+from gateway.testing.fixtures import fresh_tenant, migrated_sqlite_url
 
 
 @pytest.hookimpl(wrapper=True)
@@ -44,9 +45,7 @@ PG_URL = os.environ.get("TILLGATE_TEST_DATABASE_URL", "postgresql://postgres@127
 @pytest.fixture(scope="session")
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A migrated SQLite file shared by the session."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'tillgate.db'}"
-    upgrade(url)
-    return url
+    return migrated_sqlite_url(tmp_path_factory.mktemp("db"))
 
 
 @pytest.fixture(scope="session")
@@ -97,10 +96,7 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 @pytest.fixture
 async def tenant(db: Database) -> tuple[str, str]:
     """A fresh tenant and its API key: ``(tenant_id, key)``."""
-    from gateway.services.tenants import create_tenant
-
-    tenant_id, key = await create_tenant(db, f"test-{uuid.uuid4().hex[:8]}")
-    return tenant_id, key.secret
+    return await fresh_tenant(db, "test")
 
 
 @pytest.fixture

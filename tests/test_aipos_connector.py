@@ -19,7 +19,6 @@ documents.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
@@ -69,7 +68,7 @@ from gateway.model import (
     RefundCreate,
 )
 from gateway.sdk.connector import ConnectionContext, InboundEvent
-from gateway.sdk.http import BreakerPolicy, RetryPolicy
+from gateway.sdk.http import RetryPolicy
 from gateway.sdk.registry import ConnectorRegistry
 from gateway.services import adjustments
 from gateway.services.adjustments import PushDeferred
@@ -78,6 +77,7 @@ from gateway.services.sync import SyncEngine
 from gateway.services.tenants import create_tenant
 from gateway.settings import Settings
 from gateway.storage import tables as t
+from gateway.testing.conformance import cached_records, sandbox_client_overrides
 
 KEY = "aipos_test_sandbox_key"
 SECRET = "whsec_test_signing_secret"
@@ -457,22 +457,13 @@ def test_verification_only_ever_raises_the_two_webhook_errors(case: tuple[dict[s
 
 
 # -- against the sandbox -----------------------------------------------------------------------------------
-async def _no_sleep(seconds: float) -> None:
-    await asyncio.sleep(0)
-
-
 def connector_for_app(app: Any, transport: httpx.AsyncBaseTransport | None = None,
                       retry: RetryPolicy | None = None) -> type[AIPOSConnector]:
     """An AIPOSConnector wired to ``app`` in process, with instant retries and no client rate limit."""
 
     class SandboxAIPOS(AIPOSConnector):
-        client_overrides: ClassVar[dict[str, Any]] = {
-            "transport": transport or httpx.ASGITransport(app=app),
-            "sleep": _no_sleep,
-            "rate_limit": None,
-            "retry": retry or RetryPolicy(attempts=15, max_total=600, backoff=0.001, backoff_max=0.01, jitter=0),
-            "breaker": BreakerPolicy(threshold=1000),
-        }
+        client_overrides: ClassVar[dict[str, Any]] = sandbox_client_overrides(
+            transport or httpx.ASGITransport(app=app), retry=retry)
 
     return SandboxAIPOS
 
@@ -532,11 +523,7 @@ class Env:
         return {entity: await engine.run(entity, mode=mode) for entity in engine.entities()}
 
     async def cached(self, entity: str) -> dict[str, dict[str, Any]]:
-        async with self.db.read() as conn:
-            rows = (await conn.execute(select(t.records.c.remote_id, t.records.c.data).where(
-                t.records.c.connection_id == self.connection_id, t.records.c.entity == entity,
-                t.records.c.deleted_at.is_(None)))).all()
-        return {row.remote_id: jsonutil.loads(row.data) for row in rows}
+        return await cached_records(self.db, self.connection_id, entity)
 
     async def events(self, kind: str | None = None) -> int:
         query = select(func.count()).select_from(t.events).where(t.events.c.connection_id == self.connection_id)

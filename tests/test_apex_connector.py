@@ -16,7 +16,6 @@ from sqlalchemy import func, select
 
 from connectors.apex import ApexConnector
 from connectors.apex.sandbox import create_app
-from gateway import jsonutil
 from gateway.crypto import CredentialCipher
 from gateway.errors import Conflict, VendorCredentialsRejected
 from gateway.model import (
@@ -35,6 +34,7 @@ from gateway.sdk.registry import ConnectorRegistry
 from gateway.services.connections import ConnectionService
 from gateway.services.sync import SyncEngine, sync_states
 from gateway.storage import tables as t
+from gateway.testing.conformance import cached_records, sandbox_client_overrides
 
 CSV = Path(__file__).resolve().parents[2] / "shared/data/online_retail_sample.csv"
 KEY = "apx_sandbox_key"
@@ -42,21 +42,11 @@ BASE_URL = "http://apex.test/rest_api/v1"
 CENT = Decimal("0.01")
 
 
-async def _no_sleep(seconds: float) -> None:
-    await asyncio.sleep(0)
-
-
 def connector_for_app(app: Any) -> type[ApexConnector]:
     """An ApexConnector wired to ``app`` in process, with instant retries and no rate limit."""
 
     class SandboxApex(ApexConnector):
-        client_overrides: ClassVar[dict[str, Any]] = {
-            "transport": httpx.ASGITransport(app=app),
-            "sleep": _no_sleep,
-            "rate_limit": None,
-            "retry": RetryPolicy(attempts=15, max_total=600, backoff=0.001, backoff_max=0.01, jitter=0),
-            "breaker": BreakerPolicy(threshold=1000),
-        }
+        client_overrides: ClassVar[dict[str, Any]] = sandbox_client_overrides(httpx.ASGITransport(app=app))
 
     return SandboxApex
 
@@ -83,11 +73,7 @@ class Env:
         return {entity: await engine.run(entity, mode="full") for entity in engine.entities()}
 
     async def cached(self, entity: str) -> dict[str, dict[str, Any]]:
-        async with self.db.read() as conn:
-            rows = (await conn.execute(select(t.records.c.remote_id, t.records.c.data).where(
-                t.records.c.connection_id == self.connection_id, t.records.c.entity == entity,
-                t.records.c.deleted_at.is_(None)))).all()
-        return {row.remote_id: jsonutil.loads(row.data) for row in rows}
+        return await cached_records(self.db, self.connection_id, entity)
 
     async def events(self) -> int:
         async with self.db.read() as conn:

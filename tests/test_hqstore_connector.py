@@ -6,7 +6,6 @@ adjustments pushed once, barcode lookup, transfers as movements, vendor errors a
 
 from __future__ import annotations
 
-import asyncio
 import os
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,7 +18,6 @@ from sqlalchemy import func, select
 from connectors.hqstore import HQStoreConnector
 from connectors.hqstore.connector import effective_rate, line_taxes
 from connectors.hqstore.sandbox import Product, create_app
-from gateway import jsonutil
 from gateway.crypto import CredentialCipher
 from gateway.errors import Conflict, ValidationFailed, VendorCredentialsRejected, VendorError
 from gateway.model import (
@@ -32,19 +30,16 @@ from gateway.model import (
     ProductUpdate,
     VoidCreate,
 )
-from gateway.sdk.http import BreakerPolicy, RetryPolicy, VendorRequestRejected
+from gateway.sdk.http import VendorRequestRejected
 from gateway.sdk.registry import ConnectorRegistry
 from gateway.services.adjustments import PushDeferred
 from gateway.services.connections import ConnectionService
 from gateway.services.sync import SyncEngine
 from gateway.storage import tables as t
+from gateway.testing.conformance import cached_records, sandbox_client_overrides
 
 BASE_URL = "http://hqstore.test"
 CREDENTIALS = {"username": "admin", "pin": "1234", "sync_token": "hqs_sync_sandbox"}
-
-
-async def _no_sleep(seconds: float) -> None:
-    await asyncio.sleep(0)
 
 
 class Clock:
@@ -59,10 +54,7 @@ class Clock:
 
 def wired(app: Any, *, clock: Any = None, transport: httpx.AsyncBaseTransport | None = None) -> type[HQStoreConnector]:
     """An HQStoreConnector on ``app`` in process, instant retries, no rate limit, ``clock`` for its tokens."""
-    attrs: dict[str, Any] = {"client_overrides": {
-        "transport": transport or httpx.ASGITransport(app=app), "sleep": _no_sleep, "rate_limit": None,
-        "retry": RetryPolicy(attempts=15, max_total=600, backoff=0.001, backoff_max=0.01, jitter=0),
-        "breaker": BreakerPolicy(threshold=1000)}}
+    attrs: dict[str, Any] = {"client_overrides": sandbox_client_overrides(transport or httpx.ASGITransport(app=app))}
     if clock is not None:
         attrs["auth_clock"] = staticmethod(clock)
     return type("SandboxHQStore", (HQStoreConnector,), attrs)
@@ -93,11 +85,7 @@ class Env:
         return results
 
     async def cached(self, entity: str) -> dict[str, dict[str, Any]]:
-        async with self.db.read() as conn:
-            rows = (await conn.execute(select(t.records.c.remote_id, t.records.c.data).where(
-                t.records.c.connection_id == self.connection_id, t.records.c.entity == entity,
-                t.records.c.deleted_at.is_(None)))).all()
-        return {row.remote_id: jsonutil.loads(row.data) for row in rows}
+        return await cached_records(self.db, self.connection_id, entity)
 
     async def event_types(self) -> list[str]:
         async with self.db.read() as conn:

@@ -6,7 +6,6 @@ return), customers, and stock writes (a delta adjust applied once, an absolute s
 
 from __future__ import annotations
 
-import asyncio
 import os
 from decimal import Decimal
 from typing import Any
@@ -42,20 +41,17 @@ from gateway.model import (
     RefundCreate,
     VoidCreate,
 )
-from gateway.sdk.http import BreakerPolicy, RetryPolicy, VendorNotFound
+from gateway.sdk.http import RetryPolicy, VendorNotFound
 from gateway.sdk.registry import ConnectorRegistry
 from gateway.services.adjustments import PushDeferred
 from gateway.services.connections import ConnectionService
 from gateway.services.sync import SyncEngine
 from gateway.storage import tables as t
+from gateway.testing.conformance import cached_records, sandbox_client_overrides
 
 BASE_URL = "http://tenantpos.test/api"
 CREDENTIALS = {"email": "admin@demo.test", "password": "sandbox-password", "tenant": "demo"}
 CENT = Decimal("0.01")
-
-
-async def _no_sleep(seconds: float) -> None:
-    await asyncio.sleep(0)
 
 
 class FakeClock:
@@ -94,10 +90,7 @@ class Ticking(httpx.AsyncBaseTransport):
 def connector_for(transport: httpx.AsyncBaseTransport, clock: Any = None, retry: RetryPolicy | None = None
                   ) -> type[TenantPOSConnector]:
     """A TenantPOSConnector wired to ``transport``, instant retries, no rate limit, an optional auth clock."""
-    attrs: dict[str, Any] = {"client_overrides": {
-        "transport": transport, "sleep": _no_sleep, "rate_limit": None,
-        "retry": retry or RetryPolicy(attempts=15, max_total=600, backoff=0.001, backoff_max=0.01, jitter=0),
-        "breaker": BreakerPolicy(threshold=1000)}}
+    attrs: dict[str, Any] = {"client_overrides": sandbox_client_overrides(transport, retry=retry)}
     if clock is not None:
         attrs["auth_clock"] = staticmethod(clock)
     return type("SandboxTenantPOS", (TenantPOSConnector,), attrs)
@@ -132,11 +125,7 @@ class Env:
         return results
 
     async def cached(self, entity: str) -> dict[str, dict[str, Any]]:
-        async with self.db.read() as conn:
-            rows = (await conn.execute(select(t.records.c.remote_id, t.records.c.data).where(
-                t.records.c.connection_id == self.connection_id, t.records.c.entity == entity,
-                t.records.c.deleted_at.is_(None)))).all()
-        return {row.remote_id: jsonutil.loads(row.data) for row in rows}
+        return await cached_records(self.db, self.connection_id, entity)
 
     async def events(self) -> list[tuple[str, str | None]]:
         async with self.db.read() as conn:

@@ -50,7 +50,6 @@ from gateway.sdk.remote import RemoteConnector, since_param, vendor_time
 from gateway.services import adjustments, inventory_links, journal, records
 from gateway.services.adjustments import render_adjustment
 from gateway.services.locks import LockBusy
-from gateway.storage.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +271,8 @@ class AIPOSConnector(RemoteConnector):
     """
 
     manifest: ClassVar[dict[str, Any]] = load_manifest("connectors.aipos")
+    vendor_title: ClassVar[str] = "AI POS"
+    vendor_id: ClassVar[str] = VENDOR
     client_class: ClassVar[type[VendorClient]] = AIPOSClient
     health_fields: ClassVar[tuple[str, ...]] = ("store",)
 
@@ -430,31 +431,6 @@ class AIPOSConnector(RemoteConnector):
             return (await self._upsert(uow, "locations", record)).record["id"]
 
     # -- cache helpers -----------------------------------------------------------------------------
-    async def _upsert(self, uow: UnitOfWork, entity: str, record: RemoteRecord,
-                      event_type: str | None = None) -> records.UpsertResult:
-        return await records.upsert(uow, connection_id=self.context.id, entity=entity, remote_id=record.remote_id,
-                                    body=record.body, raw=record.raw, remote_updated_at=record.remote_updated_at,
-                                    created_at=record.created_at, event_type=event_type)
-
-    def _vendor_record(self, entity: str, raw: Any, ctx: MappingContext) -> RemoteRecord:
-        """:meth:`_record` for an object the vendor just answered: a misfit is the vendor's fault."""
-        if not isinstance(raw, dict):
-            raise VendorError(f"AI POS answered a {entity} that is not an object", vendor=VENDOR,
-                              code="vendor_invalid_response")
-        try:
-            return self._record(entity, raw, ctx)
-        except MappingError as exc:
-            raise VendorError(f"AI POS answered a {entity} the mapping cannot read: {exc}", vendor=VENDOR,
-                              code="vendor_invalid_response") from exc
-
-    async def _cache(self, entity: str, raw: Any, *, event_type: str | None = None) -> dict[str, Any]:
-        """Map a vendor object (resolving its references through the cache) and upsert it with its
-        ``updated_at`` as the version guard; return the cached record (the newer one if stale)."""
-        maps = await self._maps_for(entity, raw) if isinstance(raw, dict) else {}
-        record = self._vendor_record(entity, raw, self._ctx(maps))
-        async with self.db.transaction(self.context.tenant_id) as uow:
-            return (await self._upsert(uow, entity, record, event_type)).record
-
     @staticmethod
     def _level_of_product(product: dict[str, Any]) -> dict[str, Any]:
         """The inventory level a product object implies (API.md: ``stock`` is the on-hand quantity)."""
@@ -512,11 +488,6 @@ class AIPOSConnector(RemoteConnector):
             return None
         return {"object": "inventory_level", "product_id": product["remote_id"], "quantity": answer["quantity"],
                 "low_stock_threshold": int(Decimal(str(threshold))), "updated_at": answer["created_at"]}
-
-    async def _live(self, entity: str, record_id: str) -> dict[str, Any] | None:
-        async with self.db.read() as conn:
-            return await records.load(conn, connection_id=self.context.id, entity=entity, record_id=record_id,
-                                      include_deleted=False)
 
     # -- write helpers -----------------------------------------------------------------------------
     def _write_body(self, entity: str, data: dict[str, Any], remote: dict[str, dict[str, str]]) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from gateway.sdk.pagination import PageNumberPaginator
 from gateway.sdk.remote import RemoteConnector
 from gateway.services import adjustments, inventory_links, journal, records
 from gateway.services.adjustments import render_adjustment
-from gateway.services.locks import LockBusy
 from gateway.storage import tables as t
 from gateway.storage.uow import UnitOfWork
 
@@ -219,8 +218,16 @@ class ApexConnector(RemoteConnector):
         raise VendorError(f"Apex accepted the write but {path} does not list id {rid}", vendor="apex",
                           code="vendor_invalid_response")
 
-    async def _cache(self, entity: str, raw: dict[str, Any], *, uow: UnitOfWork | None = None,
-                     maps: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    async def _cache(self, entity: str, raw: dict[str, Any], *, event_type: str | None = None,
+                     uow: UnitOfWork | None = None, maps: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+        """Map an object Apex answered with ``maps``, else the id maps of its own references, and
+        upsert it (:meth:`_upsert`, ``event_type``) in ``uow`` or a transaction of its own;
+        return the cached record. Unlike the base's, the mapping is :meth:`_record` (a stock row
+        keeps its read time as ``remote_updated_at``).
+
+        Raises:
+            MappingError: the object does not fit its mapping.
+        """
         if maps is None:
             maps = {}
             if entity == "products" and raw.get("category_id") is not None:
@@ -232,19 +239,9 @@ class ApexConnector(RemoteConnector):
                 maps["locations"] = await self._id_map("locations", [str(raw.get("warehouse_id"))])
         record = self._record(entity, raw, self._ctx(maps))
         if uow is not None:
-            return (await self._upsert(uow, entity, record)).record
+            return (await self._upsert(uow, entity, record, event_type)).record
         async with self.db.transaction(self.context.tenant_id) as tx:
-            return (await self._upsert(tx, entity, record)).record
-
-    async def _upsert(self, uow: UnitOfWork, entity: str, record: RemoteRecord) -> records.UpsertResult:
-        return await records.upsert(uow, connection_id=self.context.id, entity=entity, remote_id=record.remote_id,
-                                    body=record.body, raw=record.raw, created_at=record.created_at,
-                                    remote_updated_at=record.remote_updated_at)
-
-    async def _live(self, entity: str, record_id: str) -> dict[str, Any] | None:
-        async with self.db.read() as conn:
-            return await records.load(conn, connection_id=self.context.id, entity=entity, record_id=record_id,
-                                      include_deleted=False)
+            return (await self._upsert(tx, entity, record, event_type)).record
 
     # -- catalog and customers ---------------------------------------------------------------------
     async def create_product(self, body: Any) -> dict[str, Any]:
@@ -383,29 +380,17 @@ class ApexConnector(RemoteConnector):
           no verdict, the intent stays and the next attempt (or the next push of this stock row)
           settles it from the count it reads.
 
+        The frame (the row, the live product and location, the lock) is
+        :meth:`~gateway.sdk.remote.RemoteConnector._push_at_location`; the push is :meth:`_push_held`.
+
         Raises:
             NotFound: no such adjustment on this connection.
             PushDeferred: no verdict yet (the attempt and its error are recorded).
         """
-        async with self.db.read() as conn:
-            row = await adjustments.load(conn, self.context.id, adjustment_id)
-        if row["status"] != "pending":
-            return render_adjustment(row)
-        product = await self._live("products", row["product_id"])
-        location = await self._live("locations", row["location_id"])
-        if product is None or location is None:
-            gone = f"product {row['product_id']}" if product is None else f"location {row['location_id']}"
-            return await self._not_applied(adjustment_id, f"unknown_{gone.split()[0]}: {gone} is no longer on this "
-                                           "connection", fatal=True, final=final)
-        try:
-            async with adjustments.stock_lock(self.db, self.context.id, product["id"], location["id"]) as held, \
-                    self._session() as client:
-                return await self._push(client, held, adjustment_id, product, location, final=final)
-        except LockBusy as exc:
-            return await self._not_applied(adjustment_id, exc, fatal=False, final=final)
+        return await self._push_at_location(adjustment_id, final=final)
 
-    async def _push(self, client: VendorClient, held: Any, adjustment_id: str, product: dict[str, Any],
-                    location: dict[str, Any], *, final: bool) -> dict[str, Any]:
+    async def _push_held(self, client: VendorClient, held: Any, adjustment_id: str, product: dict[str, Any],
+                         location: dict[str, Any], *, final: bool) -> dict[str, Any]:
         """The push under the stock row's lock (see :meth:`push_adjustment`)."""
         pid, wid = int(product["remote_id"]), int(location["remote_id"])
         try:
@@ -524,14 +509,6 @@ class ApexConnector(RemoteConnector):
                 await self._cache_level(uow, product, location, current)
                 await journal.close(uow, adjustment_id)  # read back in another state: not this write's echo
             return settled
-
-    async def _clear_intent(self, adjustment_id: str) -> None:
-        """The set recorded for ``adjustment_id`` did not land: forget it (and void its journal entry)."""
-        async with self.db.transaction() as uow:
-            await uow.conn.execute(update(t.adjustments).where(
-                t.adjustments.c.id == adjustment_id, t.adjustments.c.status == "pending").values(
-                intent_before_milli=None, intent_target_milli=None, updated_at=jsonutil.utcnow()))
-            await journal.close(uow, adjustment_id)
 
     async def _not_applied(self, adjustment_id: str, error: Any, *, fatal: bool, final: bool) -> dict[str, Any]:
         """:func:`gateway.services.adjustments.not_applied`, saying ``outcome_unknown`` when the

@@ -33,7 +33,6 @@ from gateway.sdk.pagination import PageNumberPaginator
 from gateway.sdk.remote import RemoteConnector, since_param, vendor_time
 from gateway.services import adjustments, inventory_links, journal, records
 from gateway.services.adjustments import render_adjustment
-from gateway.services.locks import LockBusy
 from gateway.storage import tables as t
 from gateway.storage.uow import UnitOfWork
 
@@ -181,6 +180,8 @@ class HQStoreConnector(RemoteConnector):
     """
 
     manifest: ClassVar[dict[str, Any]] = load_manifest("connectors.hqstore")
+    vendor_title: ClassVar[str] = "HQ/Store"
+    vendor_id: ClassVar[str] = VENDOR
     client_class: ClassVar[type[VendorClient]] = HQStoreClient
     max_page_size: ClassVar[int] = 100
     #: the clock the access token's expiry is judged by (tests replace it)
@@ -248,17 +249,6 @@ class HQStoreConnector(RemoteConnector):
             rates = groups.get(str(product.get("taxGroupId")), []) if product.get("taxGroupId") else []
         ordered = sorted((r for r in rates if isinstance(r, dict)), key=lambda r: (r.get("sortOrder") or 0, str(r.get("id"))))
         return {**product, "taxRates": ordered, "_tillgate_tax_rate": effective_rate(ordered)}
-
-    def _vendor_record(self, entity: str, raw: Any, ctx: MappingContext) -> RemoteRecord:
-        """:meth:`_record` for an object the vendor just answered: a misfit is the vendor's fault (502)."""
-        if not isinstance(raw, dict):
-            raise VendorError(f"HQ/Store answered a {entity} that is not an object", vendor=VENDOR,
-                              code="vendor_invalid_response")
-        try:
-            return self._record(entity, raw, ctx)
-        except MappingError as exc:
-            raise VendorError(f"HQ/Store answered a {entity} the mapping cannot read: {exc}", vendor=VENDOR,
-                              code="vendor_invalid_response") from exc
 
     # -- reads -------------------------------------------------------------------------------------
     def _pager(self) -> PageNumberPaginator:
@@ -362,12 +352,6 @@ class HQStoreConnector(RemoteConnector):
             yield Page([], None)
 
     # -- cache helpers -----------------------------------------------------------------------------
-    async def _upsert(self, uow: UnitOfWork, entity: str, record: RemoteRecord,
-                      event_type: str | None = None) -> records.UpsertResult:
-        return await records.upsert(uow, connection_id=self.context.id, entity=entity, remote_id=record.remote_id,
-                                    body=record.body, raw=record.raw, remote_updated_at=record.remote_updated_at,
-                                    created_at=record.created_at, event_type=event_type)
-
     async def _maps_for(self, entity: str, raw: dict[str, Any]) -> dict[str, dict[str, str]]:
         """The id maps one vendor record of ``entity`` resolves against (only its own references)."""
         maps: dict[str, dict[str, str]] = {}
@@ -382,24 +366,6 @@ class HQStoreConnector(RemoteConnector):
             maps["products"] = await self._id_map("products", [raw.get("productId")])
             maps["locations"] = await self._id_map("locations", [raw.get("storeId")])
         return maps
-
-    async def _cache(self, entity: str, raw: Any, *, event_type: str | None = None,
-                     uow: UnitOfWork | None = None) -> dict[str, Any]:
-        """Map a vendor object (references through the cache) and upsert it with its ``updatedAt``
-        as the version guard; return the cached record (the newer one if this was stale)."""
-        maps = await self._maps_for(entity, raw) if isinstance(raw, dict) else {}
-        record = self._vendor_record(entity, raw, self._ctx(maps))
-        if uow is not None:
-            return (await self._upsert(uow, entity, record, event_type)).record
-        async with self.db.transaction(self.context.tenant_id) as tx:
-            return (await self._upsert(tx, entity, record, event_type)).record
-
-    async def _live(self, entity: str, record_id: str | None) -> dict[str, Any] | None:
-        if not record_id:
-            return None
-        async with self.db.read() as conn:
-            return await records.load(conn, connection_id=self.context.id, entity=entity, record_id=record_id,
-                                      include_deleted=False)
 
     def _write_body(self, entity: str, data: dict[str, Any], remote: dict[str, dict[str, str]]) -> dict[str, Any]:
         try:
@@ -842,29 +808,17 @@ class HQStoreConnector(RemoteConnector):
           quantity before → no verdict (the next attempt sends it); anything else → ``failed``
           ``outcome_unknown``; unreadable → no verdict, the intent stays for the next attempt.
 
+        The frame (the row, the live product and location, the lock) is
+        :meth:`~gateway.sdk.remote.RemoteConnector._push_at_location`; the push is :meth:`_push_held`.
+
         Raises:
             NotFound: no such adjustment on this connection.
             PushDeferred: no verdict yet (the attempt and its error are recorded).
         """
-        async with self.db.read() as conn:
-            row = await adjustments.load(conn, self.context.id, adjustment_id)
-        if row["status"] != "pending":
-            return render_adjustment(row)
-        product = await self._live("products", row["product_id"])
-        location = await self._live("locations", row["location_id"])
-        if product is None or location is None:
-            gone = f"product {row['product_id']}" if product is None else f"location {row['location_id']}"
-            return await self._not_applied(adjustment_id, f"unknown_{gone.split()[0]}: {gone} is no longer on this "
-                                           "connection", fatal=True, final=final)
-        try:
-            async with adjustments.stock_lock(self.db, self.context.id, product["id"], location["id"]) as held, \
-                    self._session() as client:
-                return await self._push(client, held, adjustment_id, product, location, final=final)
-        except LockBusy as exc:
-            return await self._not_applied(adjustment_id, exc, fatal=False, final=final)
+        return await self._push_at_location(adjustment_id, final=final)
 
-    async def _push(self, client: VendorClient, held: Any, adjustment_id: str, product: dict[str, Any],
-                    location: dict[str, Any], *, final: bool) -> dict[str, Any]:
+    async def _push_held(self, client: VendorClient, held: Any, adjustment_id: str, product: dict[str, Any],
+                         location: dict[str, Any], *, final: bool) -> dict[str, Any]:
         """The push under the stock row's lock (see :meth:`push_adjustment`)."""
         pid, sid = product["remote_id"], location["remote_id"]
         try:
@@ -979,13 +933,6 @@ class HQStoreConnector(RemoteConnector):
                 await self._cache_level(uow, product, location, level)
                 await journal.close(uow, adjustment_id)
             return settled
-
-    async def _clear_intent(self, adjustment_id: str) -> None:
-        async with self.db.transaction() as uow:
-            await uow.conn.execute(update(t.adjustments).where(
-                t.adjustments.c.id == adjustment_id, t.adjustments.c.status == "pending").values(
-                intent_before_milli=None, intent_target_milli=None, updated_at=jsonutil.utcnow()))
-            await journal.close(uow, adjustment_id)
 
     async def _not_applied(self, adjustment_id: str, error: Any, *, fatal: bool, final: bool) -> dict[str, Any]:
         """:func:`gateway.services.adjustments.not_applied`, saying ``outcome_unknown`` when given

@@ -46,7 +46,6 @@ from gateway.sdk.remote import RemoteConnector, vendor_time
 from gateway.services import adjustments, inventory_links, journal, records
 from gateway.services.adjustments import render_adjustment
 from gateway.services.locks import LockBusy
-from gateway.storage.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +221,8 @@ class TenantPOSConnector(RemoteConnector):
     """
 
     manifest: ClassVar[dict[str, Any]] = load_manifest("connectors.tenantpos")
+    vendor_title: ClassVar[str] = "TenantPOS"
+    vendor_id: ClassVar[str] = VENDOR
     client_class: ClassVar[type[VendorClient]] = TenantPOSClient
     auth_clock: ClassVar[Callable[[], float]] = staticmethod(time.time)
     auth_skew: ClassVar[float] = 30.0
@@ -353,17 +354,6 @@ class TenantPOSConnector(RemoteConnector):
         return RemoteRecord(remote_id=remote_id, body=body, raw=raw, remote_updated_at=vendor_time(raw.get("updatedAt")),
                             created_at=vendor_time(raw.get("createdAt")))
 
-    def _vendor_record(self, entity: str, raw: Any, ctx: MappingContext) -> RemoteRecord:
-        """:meth:`_record` for an object the vendor just answered: a misfit is the vendor's fault (502)."""
-        if not isinstance(raw, dict):
-            raise VendorError(f"TenantPOS answered a {entity} that is not an object", vendor=VENDOR,
-                              code="vendor_invalid_response")
-        try:
-            return self._record(entity, raw, ctx)
-        except MappingError as exc:
-            raise VendorError(f"TenantPOS answered a {entity} the mapping cannot read: {exc}", vendor=VENDOR,
-                              code="vendor_invalid_response") from exc
-
     async def _maps_for(self, entity: str, raw: dict[str, Any]) -> dict[str, dict[str, str]]:
         """The id maps one vendor record resolves against (only its own references)."""
         maps: dict[str, dict[str, str]] = {}
@@ -380,30 +370,6 @@ class TenantPOSConnector(RemoteConnector):
             maps["customers"] = await self._id_map("customers", [raw.get("customerId")])
             maps["locations"] = await self._id_map("locations", [raw.get("storeId")])
         return maps
-
-    async def _upsert(self, uow: UnitOfWork, entity: str, record: RemoteRecord,
-                      event_type: str | None = None) -> records.UpsertResult:
-        return await records.upsert(uow, connection_id=self.context.id, entity=entity, remote_id=record.remote_id,
-                                    body=record.body, raw=record.raw, remote_updated_at=record.remote_updated_at,
-                                    created_at=record.created_at, event_type=event_type)
-
-    async def _cache(self, entity: str, raw: Any, *, event_type: str | None = None,
-                     uow: UnitOfWork | None = None) -> dict[str, Any]:
-        """Map a vendor object (references resolved through the cache) and upsert it with its
-        ``updatedAt`` as the version guard; return the cached record."""
-        maps = await self._maps_for(entity, raw) if isinstance(raw, dict) else {}
-        record = self._vendor_record(entity, raw, self._ctx(maps))
-        if uow is not None:
-            return (await self._upsert(uow, entity, record, event_type)).record
-        async with self.db.transaction(self.context.tenant_id) as tx:
-            return (await self._upsert(tx, entity, record, event_type)).record
-
-    async def _live(self, entity: str, record_id: str | None) -> dict[str, Any] | None:
-        if not record_id:
-            return None
-        async with self.db.read() as conn:
-            return await records.load(conn, connection_id=self.context.id, entity=entity, record_id=record_id,
-                                      include_deleted=False)
 
     # -- reads -------------------------------------------------------------------------------------
     def _pager(self) -> PageNumberPaginator:

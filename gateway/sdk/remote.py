@@ -4,8 +4,11 @@
 settings merged with the manifest's defaults, one :class:`~gateway.sdk.http.VendorClient` per
 instance (opened on first use, shared by nested users, closed when the outermost one ends) built
 from the manifest's rate limit and the subclass's auth, the page size and safety stock
-settings, the id maps between vendor ids and gateway ids of cached records, and the mapping
-context built from them.
+settings, the id maps between vendor ids and gateway ids of cached records, the mapping
+context built from them, the records cache plumbing (:meth:`RemoteConnector._live`,
+:meth:`RemoteConnector._vendor_record`, :meth:`RemoteConnector._cache`,
+:meth:`RemoteConnector._upsert`) and the frame of a stock adjustment push at one location
+(:meth:`RemoteConnector._push_at_location`).
 """
 
 from __future__ import annotations
@@ -18,13 +21,18 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from gateway import jsonutil
 from gateway.errors import VendorError
-from gateway.mapping import MappingContext
-from gateway.sdk.connector import Connector
+from gateway.mapping import MappingContext, MappingError
+from gateway.sdk.connector import Connector, RemoteRecord
 from gateway.sdk.http import VendorClient
+from gateway.services import adjustments, journal, records
+from gateway.services.adjustments import render_adjustment
+from gateway.services.locks import LockBusy
 from gateway.storage import tables as t
+from gateway.storage.uow import UnitOfWork
 
 
 def vendor_time(value: Any) -> datetime | None:
@@ -56,11 +64,21 @@ class RemoteConnector(Connector):
 
     Settings read here (declare them in the manifest's ``settings_schema``): ``base_url``
     (required), ``page_size``, ``safety_stock``.
+
+    Mapping and caching: subclasses implement :meth:`_record` (one vendor object → a
+    :class:`~gateway.sdk.connector.RemoteRecord`) and may override :meth:`_maps_for` (the id maps
+    one object resolves against); ``vendor_title`` (``"HQ/Store"``) and ``vendor_id``
+    (``"hqstore"``) name the vendor in the errors :meth:`_vendor_record` raises (both default to
+    the manifest's name).
     """
 
     client_overrides: ClassVar[dict[str, Any]] = {}
     client_class: ClassVar[type[VendorClient]] = VendorClient
     max_page_size: ClassVar[int] = 100
+    #: the vendor's display name in messages ("HQ/Store answered ..."); default: the manifest's name
+    vendor_title: ClassVar[str] = ""
+    #: the ``vendor`` of the errors raised for the vendor's answers; default: the manifest's name
+    vendor_id: ClassVar[str] = ""
 
     def __init__(self, context: Any, db: Any) -> None:
         super().__init__(context, db)
@@ -167,3 +185,133 @@ class RemoteConnector(Connector):
             resolve=lambda entity, rid: maps.get(entity, {}).get(rid),
             remote=lambda entity, gid: remote.get(entity, {}).get(gid),
         )
+
+    # -- records cache -------------------------------------------------------------------------------
+    def _record(self, entity: str, raw: dict[str, Any], ctx: MappingContext) -> RemoteRecord:
+        """Map one vendor object of ``entity`` through the connector's mapping, resolving
+        references with ``ctx`` (:meth:`_ctx`).
+
+        Raises:
+            MappingError: the object does not fit the entity's mapping (names the field and value).
+        """
+        raise NotImplementedError
+
+    def _vendor_record(self, entity: str, raw: Any, ctx: MappingContext) -> RemoteRecord:
+        """:meth:`_record` for an object the vendor just answered: a misfit is the vendor's fault.
+
+        Raises:
+            VendorError: ``vendor_invalid_response`` (502), ``raw`` is not a JSON object or the
+                mapping cannot read it ("<vendor_title> answered a <entity> ...").
+        """
+        title, vendor = self.vendor_title or self.name(), self.vendor_id or self.name()
+        if not isinstance(raw, dict):
+            raise VendorError(f"{title} answered a {entity} that is not an object", vendor=vendor,
+                              code="vendor_invalid_response")
+        try:
+            return self._record(entity, raw, ctx)
+        except MappingError as exc:
+            raise VendorError(f"{title} answered a {entity} the mapping cannot read: {exc}", vendor=vendor,
+                              code="vendor_invalid_response") from exc
+
+    async def _maps_for(self, entity: str, raw: dict[str, Any]) -> dict[str, dict[str, str]]:
+        """The id maps (``{entity: {vendor id: gateway id}}``) one vendor object of ``entity``
+        resolves against, for :meth:`_cache`; only its own references. Default: none."""
+        return {}
+
+    async def _upsert(self, uow: UnitOfWork, entity: str, record: RemoteRecord,
+                      event_type: str | None = None) -> records.UpsertResult:
+        """Upsert ``record`` into the connection's cache in ``uow``
+        (:func:`gateway.services.records.upsert`: its ``remote_updated_at`` is the version guard,
+        an older one changes nothing); ``event_type`` names an update's event (default
+        ``<noun>.updated``)."""
+        return await records.upsert(uow, connection_id=self.context.id, entity=entity, remote_id=record.remote_id,
+                                    body=record.body, raw=record.raw, remote_updated_at=record.remote_updated_at,
+                                    created_at=record.created_at, event_type=event_type)
+
+    async def _cache(self, entity: str, raw: Any, *, event_type: str | None = None,
+                     uow: UnitOfWork | None = None) -> dict[str, Any]:
+        """Map a vendor object the vendor just answered (references through :meth:`_maps_for`)
+        and upsert it (:meth:`_upsert`) in ``uow``, or in a transaction of its own.
+
+        Returns:
+            The cached record (the newer one when ``raw`` was stale).
+
+        Raises:
+            VendorError: ``vendor_invalid_response``, see :meth:`_vendor_record`.
+        """
+        maps = await self._maps_for(entity, raw) if isinstance(raw, dict) else {}
+        record = self._vendor_record(entity, raw, self._ctx(maps))
+        if uow is not None:
+            return (await self._upsert(uow, entity, record, event_type)).record
+        async with self.db.transaction(self.context.tenant_id) as tx:
+            return (await self._upsert(tx, entity, record, event_type)).record
+
+    async def _live(self, entity: str, record_id: str | None) -> dict[str, Any] | None:
+        """The connection's cached ``entity`` record ``record_id`` when it is not soft-deleted;
+        ``None`` when there is none (or ``record_id`` is empty)."""
+        if not record_id:
+            return None
+        async with self.db.read() as conn:
+            return await records.load(conn, connection_id=self.context.id, entity=entity, record_id=record_id,
+                                      include_deleted=False)
+
+    # -- stock adjustments ---------------------------------------------------------------------------
+    async def _push_at_location(self, adjustment_id: str, *, final: bool) -> dict[str, Any]:
+        """The frame of ``push_adjustment`` for a vendor whose stock is per product and location:
+        load the adjustment (not ``pending`` → rendered as it is); its product and location must
+        still be live (else ``_not_applied`` fatal, ``unknown_product`` / ``unknown_location``);
+        then, holding the stock row's lock (:func:`gateway.services.adjustments.stock_lock`) and
+        the client, :meth:`_push_held`. A lock held elsewhere → ``_not_applied``, not fatal.
+
+        Returns:
+            The Adjustment as :func:`gateway.services.adjustments.render_adjustment` renders it.
+
+        Raises:
+            NotFound: no such adjustment on this connection.
+            PushDeferred: no verdict yet (from :meth:`_not_applied`).
+        """
+        async with self.db.read() as conn:
+            row = await adjustments.load(conn, self.context.id, adjustment_id)
+        if row["status"] != "pending":
+            return render_adjustment(row)
+        product = await self._live("products", row["product_id"])
+        location = await self._live("locations", row["location_id"])
+        if product is None or location is None:
+            gone = f"product {row['product_id']}" if product is None else f"location {row['location_id']}"
+            return await self._not_applied(adjustment_id, f"unknown_{gone.split()[0]}: {gone} is no longer on this "
+                                           "connection", fatal=True, final=final)
+        try:
+            async with adjustments.stock_lock(self.db, self.context.id, product["id"], location["id"]) as held, \
+                    self._session() as client:
+                return await self._push_held(client, held, adjustment_id, product, location, final=final)
+        except LockBusy as exc:
+            return await self._not_applied(adjustment_id, exc, fatal=False, final=final)
+
+    async def _push_held(self, client: VendorClient, held: Any, adjustment_id: str, product: dict[str, Any],
+                         location: dict[str, Any], *, final: bool) -> dict[str, Any]:
+        """One push of ``adjustment_id`` under the stock row's lock ``held`` (its ``verify(uow)``
+        checks the lock is still this push's), with the live cached ``product`` and ``location``;
+        subclasses that call :meth:`_push_at_location` implement it.
+
+        Returns:
+            The Adjustment, settled or still ``pending``.
+        """
+        raise NotImplementedError
+
+    async def _not_applied(self, adjustment_id: str, error: Any, *, fatal: bool, final: bool) -> dict[str, Any]:
+        """An attempt that did not apply the adjustment:
+        :func:`gateway.services.adjustments.not_applied` (``fatal`` or ``final`` → ``failed``;
+        else the attempt is recorded and :class:`~gateway.services.adjustments.PushDeferred`
+        raised). Subclasses override it to word ``error`` (e.g. an outcome left unknown)."""
+        return await adjustments.not_applied(self.db, self.context.tenant_id, adjustment_id, error, fatal=fatal,
+                                             final=final)
+
+    async def _clear_intent(self, adjustment_id: str) -> None:
+        """The set recorded for ``adjustment_id`` (its ``intent_before_milli`` /
+        ``intent_target_milli``) did not land: forget it while the adjustment is ``pending``, and
+        void its write journal entry (:func:`gateway.services.journal.close`)."""
+        async with self.db.transaction() as uow:
+            await uow.conn.execute(update(t.adjustments).where(
+                t.adjustments.c.id == adjustment_id, t.adjustments.c.status == "pending").values(
+                intent_before_milli=None, intent_target_milli=None, updated_at=jsonutil.utcnow()))
+            await journal.close(uow, adjustment_id)

@@ -130,7 +130,8 @@ from gateway.services.sync import ENTITY_ORDER, RunResult, SyncEngine
 from gateway.storage import tables as t
 from gateway.storage.db import Database
 
-__all__ = ["RECORD_ENV", "ConnectorConformance", "Harness", "WebhookDelivery", "schema_registry", "validate_record"]
+__all__ = ["RECORD_ENV", "ConnectorConformance", "Harness", "WebhookDelivery", "cached_records", "sandbox_client_overrides",
+           "schema_registry", "validate_record"]
 
 SCHEMAS_DIR = Path(__file__).resolve().parents[2] / "schemas"
 #: the JSON Schema file of each entity's records
@@ -221,6 +222,36 @@ async def _no_sleep(seconds: float) -> None:
     await asyncio.sleep(0)
 
 
+def sandbox_client_overrides(transport: httpx.AsyncBaseTransport, *, retry: RetryPolicy | None = None
+                             ) -> dict[str, Any]:
+    """``client_overrides`` (:class:`~gateway.sdk.remote.RemoteConnector`) for a connector that
+    talks to a sandbox in process: ``transport`` (e.g. ``httpx.ASGITransport(app=sandbox)``), no
+    wait between attempts (``sleep`` only yields), no client-side rate limit, ``retry`` (default:
+    15 instant, generous attempts) and a circuit breaker that does not open in a test.
+
+    Returns:
+        ``{"transport", "sleep", "rate_limit", "retry", "breaker"}``, a new dict each call.
+    """
+    return {
+        "transport": transport,
+        "sleep": _no_sleep,
+        "rate_limit": None,
+        "retry": retry or RetryPolicy(attempts=15, max_total=600, backoff=0.001, backoff_max=0.01, jitter=0),
+        "breaker": BreakerPolicy(threshold=1000),
+    }
+
+
+async def cached_records(db: Database, connection_id: str, entity: str, *,
+                         deleted: bool = False) -> dict[str, dict[str, Any]]:
+    """Remote id → cached record (the JSON-ready dict) of the connection's ``entity`` records:
+    the live ones, or with ``deleted=True`` the soft-deleted ones."""
+    gone = t.records.c.deleted_at.is_not(None) if deleted else t.records.c.deleted_at.is_(None)
+    async with db.read() as conn:
+        rows = (await conn.execute(select(t.records.c.remote_id, t.records.c.data).where(
+            t.records.c.connection_id == connection_id, t.records.c.entity == entity, gone))).all()
+    return {row.remote_id: jsonutil.loads(row.data) for row in rows}
+
+
 class Harness:
     """One check's world: a database, a tenant, a sandbox app (or none) and one connection."""
 
@@ -267,11 +298,7 @@ class Harness:
 
     async def cached(self, entity: str, *, deleted: bool = False) -> dict[str, dict[str, Any]]:
         """remote id -> cached record of ``entity`` (live ones; ``deleted=True``: deleted ones)."""
-        gone = t.records.c.deleted_at.is_not(None) if deleted else t.records.c.deleted_at.is_(None)
-        async with self.db.read() as conn:
-            rows = (await conn.execute(select(t.records.c.remote_id, t.records.c.data).where(
-                t.records.c.connection_id == self.connection_id, t.records.c.entity == entity, gone))).all()
-        return {row.remote_id: jsonutil.loads(row.data) for row in rows}
+        return await cached_records(self.db, self.connection_id, entity, deleted=deleted)
 
     async def event_types(self) -> list[str]:
         """Types of the connection's events, in ``seq`` order."""
@@ -575,13 +602,7 @@ class ConnectorConformance:
         """
         if app is None:
             return self.connector, dict(self.settings)
-        overrides = {
-            "transport": httpx.ASGITransport(app=app),
-            "sleep": _no_sleep,
-            "rate_limit": None,
-            "retry": RetryPolicy(attempts=15, max_total=600, backoff=0.001, backoff_max=0.01, jitter=0),
-            "breaker": BreakerPolicy(threshold=1000),
-        }
+        overrides = sandbox_client_overrides(httpx.ASGITransport(app=app))
         wired = type(f"Conformance{self.connector.__name__}", (self.connector,), {"client_overrides": overrides})
         return wired, {**self.settings, self.base_url_setting: self.base_url}
 
