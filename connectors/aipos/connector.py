@@ -36,6 +36,7 @@ from gateway.errors import (
 from gateway.mapping import (
     MappingContext,
     MappingError,
+    MappingSpec,
     TransformError,
     currency_exponent,
     dumps_vendor_body,
@@ -271,6 +272,7 @@ class AIPOSConnector(RemoteConnector):
     """
 
     manifest: ClassVar[dict[str, Any]] = load_manifest("connectors.aipos")
+    mappings: ClassVar[dict[str, MappingSpec]] = _MAPPINGS
     vendor_title: ClassVar[str] = "AI POS"
     vendor_id: ClassVar[str] = VENDOR
     client_class: ClassVar[type[VendorClient]] = AIPOSClient
@@ -490,13 +492,6 @@ class AIPOSConnector(RemoteConnector):
                 "low_stock_threshold": int(Decimal(str(threshold))), "updated_at": answer["created_at"]}
 
     # -- write helpers -----------------------------------------------------------------------------
-    def _write_body(self, entity: str, data: dict[str, Any], remote: dict[str, dict[str, str]]) -> dict[str, Any]:
-        try:
-            return _MAPPINGS[entity].write(data, self._ctx(remote=remote))
-        except MappingError as exc:
-            field = (exc.field or "body").lstrip(".")
-            raise field_error(("body", *[p for p in re.split(r"[.\[\]]+", field) if p]), str(exc),
-                           "unsupported_by_vendor") from exc
 
     async def _post(self, client: VendorClient, path: str, body: dict[str, Any], key: str) -> Any:
         """``POST`` JSON with ``Idempotency-Key: key`` (API.md "Transport": the vendor replays the
@@ -745,14 +740,7 @@ class AIPOSConnector(RemoteConnector):
         Raises:
             ValidationFailed: unknown product or location, a variant, a fractional delta.
         """
-        if body.variant_id:
-            raise field_error(("body", "variant_id"), "AI POS products have no variants", "unsupported_by_vendor")
-        product = await self._live("products", body.product_id) if body.product_id else None
-        if product is None and body.sku and not body.product_id:
-            async with self.db.read() as conn:
-                product = await records.find_product_by_sku(conn, connection_id=self.context.id, sku=body.sku)
-        if product is None:
-            raise field_error(("body", "product_id"), "no such product on this connection", "unknown_product")
+        product = await self._adjustment_product(body)
         location = await self._live("locations", body.location_id)
         if location is None or location["remote_id"] != STORE_ID:
             raise field_error(("body", "location_id"), "no such location on this connection", "unknown_location")

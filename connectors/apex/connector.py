@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 
 from gateway import jsonutil
 from gateway.errors import Conflict, NotFound, TillgateError, VendorError, field_error
-from gateway.mapping import MappingContext, MappingError, dumps_vendor_body, load_connector_mappings
+from gateway.mapping import MappingContext, MappingError, MappingSpec, dumps_vendor_body, load_connector_mappings
 from gateway.sdk.auth import ApiKeyHeader
 from gateway.sdk.connector import Page, RemoteRecord, load_manifest, page_fingerprint
 from gateway.sdk.http import VendorClient
@@ -72,6 +72,7 @@ class ApexConnector(RemoteConnector):
     maps come from :class:`~gateway.sdk.remote.RemoteConnector`."""
 
     manifest: ClassVar[dict[str, Any]] = load_manifest("connectors.apex")
+    mappings: ClassVar[dict[str, MappingSpec]] = _MAPPINGS
     health_fields: ClassVar[tuple[str, ...]] = ("business",)
 
     # -- transport ---------------------------------------------------------------------------------
@@ -189,12 +190,6 @@ class ApexConnector(RemoteConnector):
             yield Page([], None)
 
     # -- write helpers -----------------------------------------------------------------------------
-    def _write_body(self, entity: str, data: dict[str, Any], remote: dict[str, dict[str, str]]) -> dict[str, Any]:
-        try:
-            return _MAPPINGS[entity].write(data, self._ctx(remote=remote))
-        except MappingError as exc:
-            field = (exc.field or "body").lstrip(".")
-            raise field_error(("body", *[p for p in field.split(".") if p]), str(exc), "unsupported_by_vendor") from exc
 
     async def _send(self, client: VendorClient, method: str, path: str, body: dict[str, Any]) -> Any:
         return await client.json(method, path, content=dumps_vendor_body(body), headers=JSON_HEADERS)

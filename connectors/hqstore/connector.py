@@ -25,7 +25,14 @@ from sqlalchemy import select, update
 
 from gateway import jsonutil
 from gateway.errors import Conflict, NotFound, TillgateError, VendorError, field_error
-from gateway.mapping import MappingContext, MappingError, currency_exponent, dumps_vendor_body, load_connector_mappings
+from gateway.mapping import (
+    MappingContext,
+    MappingError,
+    MappingSpec,
+    currency_exponent,
+    dumps_vendor_body,
+    load_connector_mappings,
+)
 from gateway.sdk.auth import LoginWithRefresh
 from gateway.sdk.connector import Page, RemoteRecord, load_manifest, page_fingerprint
 from gateway.sdk.http import VendorClient, VendorNotFound, VendorRequestRejected
@@ -180,6 +187,7 @@ class HQStoreConnector(RemoteConnector):
     """
 
     manifest: ClassVar[dict[str, Any]] = load_manifest("connectors.hqstore")
+    mappings: ClassVar[dict[str, MappingSpec]] = _MAPPINGS
     vendor_title: ClassVar[str] = "HQ/Store"
     vendor_id: ClassVar[str] = VENDOR
     client_class: ClassVar[type[VendorClient]] = HQStoreClient
@@ -366,14 +374,6 @@ class HQStoreConnector(RemoteConnector):
             maps["products"] = await self._id_map("products", [raw.get("productId")])
             maps["locations"] = await self._id_map("locations", [raw.get("storeId")])
         return maps
-
-    def _write_body(self, entity: str, data: dict[str, Any], remote: dict[str, dict[str, str]]) -> dict[str, Any]:
-        try:
-            return _MAPPINGS[entity].write(data, self._ctx(remote=remote))
-        except MappingError as exc:
-            field = (exc.field or "body").lstrip(".")
-            raise field_error(("body", *[p for p in field.replace("[", ".").replace("]", "").split(".") if p]), str(exc),
-                           "unsupported_by_vendor") from exc
 
     async def _send(self, client: VendorClient, method: str, path: str, body: dict[str, Any]) -> Any:
         """``method path`` with a JSON body; the envelope's ``data``."""
@@ -765,14 +765,7 @@ class HQStoreConnector(RemoteConnector):
             ValidationFailed: unknown product or location, a variant, a zero delta, a product
                 that does not track stock.
         """
-        if body.variant_id:
-            raise field_error(("body", "variant_id"), "HQ/Store products have no variants", "unsupported_by_vendor")
-        product = await self._live("products", body.product_id) if body.product_id else None
-        if product is None and body.sku and not body.product_id:
-            async with self.db.read() as conn:
-                product = await records.find_product_by_sku(conn, connection_id=self.context.id, sku=body.sku)
-        if product is None:
-            raise field_error(("body", "product_id"), "no such product on this connection", "unknown_product")
+        product = await self._adjustment_product(body)
         if not product.get("track_inventory", True):
             raise field_error(("body", "product_id"), "this product does not track stock at HQ/Store", "not_tracked")
         location = await self._live("locations", body.location_id)

@@ -36,7 +36,7 @@ from gateway.errors import (
     field_error,
 )
 from gateway.ids import new_id
-from gateway.mapping import MappingContext, MappingError, dumps_vendor_body, load_connector_mappings
+from gateway.mapping import MappingContext, MappingError, MappingSpec, dumps_vendor_body, load_connector_mappings
 from gateway.mapping.transforms import t_composite_id
 from gateway.sdk.auth import LoginWithRefresh
 from gateway.sdk.connector import Page, RemoteRecord, load_manifest, page_fingerprint
@@ -221,6 +221,7 @@ class TenantPOSConnector(RemoteConnector):
     """
 
     manifest: ClassVar[dict[str, Any]] = load_manifest("connectors.tenantpos")
+    mappings: ClassVar[dict[str, MappingSpec]] = _MAPPINGS
     vendor_title: ClassVar[str] = "TenantPOS"
     vendor_id: ClassVar[str] = VENDOR
     client_class: ClassVar[type[VendorClient]] = TenantPOSClient
@@ -481,13 +482,6 @@ class TenantPOSConnector(RemoteConnector):
         return row
 
     # -- write helpers -----------------------------------------------------------------------------
-    def _write_body(self, entity: str, data: dict[str, Any], remote: dict[str, dict[str, str]]) -> dict[str, Any]:
-        try:
-            return _MAPPINGS[entity].write(data, self._ctx(remote=remote))
-        except MappingError as exc:
-            field = (exc.field or "body").lstrip(".")
-            raise field_error(("body", *[p for p in re.split(r"[.\[\]]+", field) if p]), str(exc),
-                           "unsupported_by_vendor") from exc
 
     def _check_currency(self, currency: str | None) -> None:
         if currency and currency.upper() != self.currency:

@@ -14,6 +14,7 @@ context built from them, the records cache plumbing (:meth:`RemoteConnector._liv
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
@@ -24,8 +25,8 @@ import httpx
 from sqlalchemy import select, update
 
 from gateway import jsonutil
-from gateway.errors import VendorError
-from gateway.mapping import MappingContext, MappingError
+from gateway.errors import VendorError, field_error
+from gateway.mapping import MappingContext, MappingError, MappingSpec
 from gateway.sdk.connector import Connector, RemoteRecord
 from gateway.sdk.http import VendorClient
 from gateway.services import adjustments, journal, records
@@ -79,6 +80,8 @@ class RemoteConnector(Connector):
     vendor_title: ClassVar[str] = ""
     #: the ``vendor`` of the errors raised for the vendor's answers; default: the manifest's name
     vendor_id: ClassVar[str] = ""
+    #: the connector's compiled mappings by entity (``load_connector_mappings``), for :meth:`_write_body`
+    mappings: ClassVar[dict[str, MappingSpec]] = {}
 
     def __init__(self, context: Any, db: Any) -> None:
         super().__init__(context, db)
@@ -254,6 +257,40 @@ class RemoteConnector(Connector):
         async with self.db.read() as conn:
             return await records.load(conn, connection_id=self.context.id, entity=entity, record_id=record_id,
                                       include_deleted=False)
+
+    def _write_body(self, entity: str, data: dict[str, Any], remote: dict[str, dict[str, str]]) -> dict[str, Any]:
+        """The vendor's write body for ``data`` (a unified request body, JSON types) through the
+        ``write`` side of ``mappings[entity]``; ``remote``: gateway id -> vendor id maps by entity.
+
+        Raises:
+            ValidationFailed: (422 ``unsupported_by_vendor``) the body does not fit the vendor; ``loc``
+                is the field's path, ``["body", "lines", "0", "quantity"]``.
+        """
+        try:
+            return self.mappings[entity].write(data, self._ctx(remote=remote))
+        except MappingError as exc:
+            field = (exc.field or "body").lstrip(".")
+            raise field_error(("body", *[p for p in re.split(r"[.\[\]]+", field) if p]), str(exc),
+                              "unsupported_by_vendor") from exc
+
+    async def _adjustment_product(self, body: Any) -> dict[str, Any]:
+        """The cached, live product an adjustment request names (``body.product_id``, else
+        ``body.sku``), for a vendor without variants.
+
+        Raises:
+            ValidationFailed: ``variant_id`` given (``unsupported_by_vendor``), or no such product
+                on this connection (``unknown_product``).
+        """
+        if body.variant_id:
+            raise field_error(("body", "variant_id"), f"{self.vendor_title or self.name()} products have no variants",
+                              "unsupported_by_vendor")
+        product = await self._live("products", body.product_id) if body.product_id else None
+        if product is None and body.sku and not body.product_id:
+            async with self.db.read() as conn:
+                product = await records.find_product_by_sku(conn, connection_id=self.context.id, sku=body.sku)
+        if product is None:
+            raise field_error(("body", "product_id"), "no such product on this connection", "unknown_product")
+        return product
 
     # -- stock adjustments ---------------------------------------------------------------------------
     async def _push_at_location(self, adjustment_id: str, *, final: bool) -> dict[str, Any]:
